@@ -1,0 +1,1 @@
+"""The core: plain-data stages and the batch processor. Never imports Faust."""

@@ -1,0 +1,53 @@
+"""What one batch accumulates on its way through the stages."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from pipeline.core.deadletter import DeadLetterBuilder
+from pipeline.core.records import Output, SourceMessage
+
+
+class BatchContext:
+    """Collects the outputs, dead letters and counters of one batch.
+
+    ``now_ms`` is read once per batch from the injected clock, so every event of a batch is
+    judged against the same "now" and tests control time without sleeping.
+    """
+
+    __slots__ = ("now_ms", "outputs", "dead_letters", "counters", "_dead_letter")
+
+    def __init__(self, *, now_ms: int, dead_letter: DeadLetterBuilder) -> None:
+        self.now_ms = now_ms
+        self.outputs: list[Output] = []
+        self.dead_letters: Counter[tuple[str, str]] = Counter()
+        """Dead letters by (reason, stage id)."""
+        self.counters: Counter[tuple[str, str]] = Counter()
+        """Free-form per-stage outcomes by (stage id, outcome), for metrics."""
+        self._dead_letter = dead_letter
+
+    def emit(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.outputs.append((topic, key, value))
+
+    def dead_letter(
+        self,
+        message: SourceMessage,
+        *,
+        reason: str,
+        stage: str,
+        detail: str,
+        path: str | None = None,
+        event: dict[str, Any] | None = None,
+    ) -> None:
+        record = self._dead_letter.build(
+            message,
+            reason=reason,
+            stage=stage,
+            detail=detail,
+            path=path,
+            failed_at_ms=self.now_ms,
+            event=event,
+        )
+        self.outputs.append((self._dead_letter.topic, message.key, record))
+        self.dead_letters[(reason, stage)] += 1

@@ -1,0 +1,108 @@
+"""Build dead-letter records: every failure becomes data with a reason, never a silent drop."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from pipeline.core.records import SourceMessage
+
+# Kafka's default max.message.bytes is 1 MiB; keep every record safely below it.
+RECORD_SIZE_LIMIT = 1_000_000
+
+
+def _text_or_base64(data: bytes) -> tuple[str, str]:
+    try:
+        return data.decode("utf-8"), "utf8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+class DeadLetterBuilder:
+    """Turns a failed message into a dead-letter record (schema: ``avro/dead_letter.avsc``)."""
+
+    def __init__(
+        self, *, topic: str, topology_name: str, topology_version: str, max_payload_bytes: int
+    ) -> None:
+        self.topic = topic
+        self._topology = {"name": topology_name, "version": topology_version}
+        self._max_payload_bytes = max_payload_bytes
+
+    def build(
+        self,
+        message: SourceMessage,
+        *,
+        reason: str,
+        stage: str,
+        detail: str,
+        path: str | None,
+        failed_at_ms: int,
+        event: dict[str, Any] | None = None,
+    ) -> bytes:
+        raw = message.value if message.value is not None else b""
+        truncated = len(raw) > self._max_payload_bytes
+        payload, encoding = _text_or_base64(_prefix(raw, self._max_payload_bytes))
+        key, key_encoding = (None, None)
+        if message.key is not None:
+            key, key_encoding = _text_or_base64(message.key[:1024])
+        source = None
+        if message.topic:
+            source = {
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "timestamp": message.timestamp,
+            }
+        record = {
+            "reason": reason,
+            "stage": stage,
+            "message": detail[:2000],
+            "path": path,
+            "payload": payload,
+            "payload_encoding": encoding,
+            "payload_truncated": truncated,
+            "payload_size": len(raw),
+            "key": key,
+            "key_encoding": key_encoding,
+            "event": _short_str(event, "event"),
+            "event_id": _short_str(event, "event_id"),
+            "source": source,
+            "failed_at": failed_at_ms,
+            "topology": self._topology,
+        }
+        encoded = orjson.dumps(record)
+        if len(encoded) > RECORD_SIZE_LIMIT:
+            # JSON escaping can blow control characters up six-fold; base64 of a prefix is bounded.
+            keep = (RECORD_SIZE_LIMIT // 2) * 3 // 4
+            record["payload"] = base64.b64encode(raw[:keep]).decode("ascii")
+            record["payload_encoding"] = "base64"
+            record["payload_truncated"] = len(raw) > keep
+            encoded = orjson.dumps(record)
+        return encoded
+
+
+def _prefix(data: bytes, limit: int) -> bytes:
+    """At most ``limit`` bytes, cut before a UTF-8 continuation byte so text stays text."""
+    if len(data) <= limit:
+        return data
+    cut = limit
+    # Continuation bytes are 0b10xxxxxx; a character is at most 4 bytes long.
+    while cut > limit - 4 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return data[:cut]
+
+
+def _short_str(event: dict[str, Any] | None, key: str) -> str | None:
+    if not event:
+        return None
+    value = event.get(key)
+    return value[:256] if isinstance(value, str) else None
+
+
+def decode_payload(record: dict[str, Any]) -> bytes:
+    """The original bytes of a dead-letter record's payload (as far as it was kept)."""
+    if record["payload_encoding"] == "base64":
+        return base64.b64decode(record["payload"])
+    return record["payload"].encode("utf-8")

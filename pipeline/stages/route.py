@@ -1,0 +1,201 @@
+"""The ``route`` stage: each valid event goes to exactly one output topic.
+
+Rules are tried in order and the first match wins; an event no rule matches goes to
+``default``. A rule matches when every condition it names holds: the event name is in
+``event``, or starts with one of ``event_prefix``, and every ``where`` predicate is true.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from pipeline.core.batch import BatchContext
+from pipeline.core.records import Item
+from pipeline.stages import StageType
+from pipeline.topology.model import StepId, Strict, TopicName, Topology, TopologySpec
+
+Op = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists", "missing", "prefix"]
+_ORDERING_OPS = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+_MISSING = object()
+
+
+class Predicate(Strict):
+    field: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+    """Dotted path into the event, e.g. ``properties.revenue`` or ``context.locale``."""
+    op: Op
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> "Predicate":
+        if self.op in ("exists", "missing"):
+            if self.value is not None:
+                raise ValueError(f"op {self.op!r} takes no value")
+        elif self.op in ("in", "not_in"):
+            if not isinstance(self.value, list) or not self.value:
+                raise ValueError(f"op {self.op!r} needs a non-empty list as value")
+        elif self.op in _ORDERING_OPS:
+            if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
+                raise ValueError(f"op {self.op!r} needs a number as value")
+        elif self.op == "prefix":
+            if not isinstance(self.value, str):
+                raise ValueError("op 'prefix' needs a string as value")
+        elif self.value is None:
+            raise ValueError(f"op {self.op!r} needs a value")
+        return self
+
+
+class Match(Strict):
+    event: list[str] | None = None
+    """Exact event names."""
+    event_prefix: list[str] | None = None
+    """Event name prefixes, e.g. ``subscription_``."""
+    where: list[Predicate] = Field(default_factory=list)
+    """Predicates on event fields; all must hold."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Match":
+        if not self.event and not self.event_prefix and not self.where:
+            raise ValueError("a rule must match on event, event_prefix or where")
+        return self
+
+
+class Rule(Strict):
+    id: StepId
+    when: Match
+    to: TopicName
+
+
+class RouteConfig(Strict):
+    rules: list[Rule] = Field(default_factory=list)
+    default: TopicName
+    """Where valid events that no rule matches go. Required, so no event is ever unrouted."""
+
+
+def _check(config: RouteConfig, spec: TopologySpec) -> list[tuple[str, str]]:
+    problems = []
+    declared = set(spec.topics)
+    seen: set[str] = set()
+    for i, rule in enumerate(config.rules):
+        if rule.id in seen:
+            problems.append((f"rules[{i}].id", f"duplicate rule id {rule.id!r}"))
+        seen.add(rule.id)
+        if rule.to not in declared:
+            problems.append((f"rules[{i}].to", f"topic {rule.to!r} is not declared under topics"))
+        if rule.to == spec.dead_letter.topic:
+            problems.append((f"rules[{i}].to", "valid events cannot be routed to the dead-letter topic"))
+    if config.default not in declared:
+        problems.append(("default", f"topic {config.default!r} is not declared under topics"))
+    if config.default == spec.dead_letter.topic:
+        problems.append(("default", "valid events cannot be routed to the dead-letter topic"))
+    return problems
+
+
+def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    parts = path.split(".")
+
+    def get(event: dict[str, Any]) -> Any:
+        node: Any = event
+        for part in parts:
+            if type(node) is not dict:
+                return _MISSING
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                return _MISSING
+        return node
+
+    return get
+
+
+def _compile_predicate(p: Predicate) -> Callable[[dict[str, Any]], bool]:
+    get = _getter(p.field)
+    value = p.value
+    if p.op == "exists":
+        return lambda e: get(e) not in (_MISSING, None)
+    if p.op == "missing":
+        return lambda e: get(e) in (_MISSING, None)
+    if p.op == "eq":
+        return lambda e: get(e) == value
+    if p.op == "ne":
+        return lambda e: get(e) != value
+    if p.op == "in":
+        members = list(value)
+        return lambda e: get(e) in members
+    if p.op == "not_in":
+        members = list(value)
+        return lambda e: get(e) not in members
+    if p.op == "prefix":
+        return lambda e: isinstance(v := get(e), str) and v.startswith(value)
+    compare = _ORDERING_OPS[p.op]
+
+    def ordered(e: dict[str, Any]) -> bool:
+        v = get(e)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and compare(v, value)
+
+    return ordered
+
+
+class _CompiledRule:
+    __slots__ = ("id", "topic", "names", "prefixes", "predicates")
+
+    def __init__(self, rule: Rule) -> None:
+        self.id = rule.id
+        self.topic = rule.to
+        self.names = frozenset(rule.when.event) if rule.when.event else None
+        self.prefixes = tuple(rule.when.event_prefix) if rule.when.event_prefix else None
+        self.predicates = [_compile_predicate(p) for p in rule.when.where]
+
+    def matches(self, name: str, event: dict[str, Any]) -> bool:
+        if self.names is not None or self.prefixes is not None:
+            by_name = self.names is not None and name in self.names
+            if not by_name and not (self.prefixes is not None and name.startswith(self.prefixes)):
+                return False
+        for predicate in self.predicates:
+            if not predicate(event):
+                return False
+        return True
+
+
+class RouteStage:
+    def __init__(self, stage_id: str, config: RouteConfig) -> None:
+        self.id = stage_id
+        self._rules = [_CompiledRule(r) for r in config.rules]
+        self._default = config.default
+        # Rules that look only at the event name give the same answer for every event of that
+        # name: remember it. Rules with predicates are evaluated per event.
+        self._by_name: dict[str, str] = {}
+        self._name_only = all(not r.predicates for r in self._rules)
+
+    def topic_for(self, event: dict[str, Any]) -> str:
+        name = event["event"]
+        if self._name_only:
+            topic = self._by_name.get(name)
+            if topic is not None:
+                return topic
+        topic = self._default
+        for rule in self._rules:
+            if rule.matches(name, event):
+                topic = rule.topic
+                break
+        if self._name_only and len(self._by_name) < 100_000:
+            self._by_name[name] = topic
+        return topic
+
+    def emit(self, items: list[Item], ctx: BatchContext) -> None:
+        topic_for = self.topic_for
+        emit = ctx.emit
+        dumps = orjson.dumps
+        for item in items:
+            emit(topic_for(item.event), item.message.key, dumps(item.event))
+
+
+def _build(stage_id: str, config: RouteConfig, topology: Topology) -> RouteStage:
+    return RouteStage(stage_id, config)
+
+
+STAGE_TYPE = StageType(
+    name="route", role="sink", config_model=RouteConfig, build=_build, check=_check
+)
