@@ -1,0 +1,1 @@
+"""The runtime layer: the only part of the framework that imports Faust."""

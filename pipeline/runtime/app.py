@@ -1,0 +1,115 @@
+"""Build the Faust app for a topology (``create_app``) and run it as a worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import faust
+
+from pipeline.core.processor import Processor
+from pipeline.core.records import SourceMessage
+from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport
+from pipeline.runtime.output import OutputProducer
+from pipeline.settings import Settings
+from pipeline.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+
+class TopologyAgent:
+    """Runs the topology's stages on each fetched batch and delivers the outputs.
+
+    It is the topology's agent: Faust hands it every batch of the source topic (see
+    ``faust_compat``); it returns once every output is acknowledged, which is what makes the
+    batch's offsets committable.
+    """
+
+    def __init__(self, processor: Processor, output: OutputProducer) -> None:
+        self.processor = processor
+        self.output = output
+        self.events_in = 0
+        self.batches = 0
+        self.dead_letters = 0
+        self._last_report = (time.monotonic(), 0)
+
+    async def handle_batch(self, messages: Sequence[SourceMessage]) -> None:
+        ctx = self.processor.process(messages)
+        await self.output.send_batch(ctx.outputs)
+        self.events_in += len(messages)
+        self.batches += 1
+        self.dead_letters += sum(ctx.dead_letters.values())
+
+    def report(self) -> str:
+        now = time.monotonic()
+        then, seen = self._last_report
+        rate = (self.events_in - seen) / max(now - then, 1e-9)
+        self._last_report = (now, self.events_in)
+        sent = ", ".join(f"{t}={n}" for t, n in sorted(self.output.sent.items()))
+        return (
+            f"events in={self.events_in} ({rate:,.0f}/s over the last {now - then:.0f}s), "
+            f"batches={self.batches}, out: {sent or 'nothing yet'}"
+        )
+
+
+class PipelineApp(faust.App):
+    """A Faust app whose consumer hands the source topic over in batches."""
+
+    def __init__(self, *args: Any, agent: TopologyAgent, batch_topics: list[str], **kwargs: Any):
+        self.topology_agent = agent
+        self._batch_topics = batch_topics
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> Any:
+        return BatchTransport(self.conf.broker_consumer, self)
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        assert isinstance(consumer, BatchConsumer)
+        consumer.use_batches(self._batch_topics, self.topology_agent.handle_batch)
+        return consumer
+
+
+def create_app(topology: Topology, settings: Settings) -> PipelineApp:
+    """The Faust app of a topology. Creating it opens no connection."""
+    processor = Processor(topology)
+    output = OutputProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        linger_ms=settings.producer_linger_ms,
+        extra=settings.extra_kafka,
+    )
+    agent = TopologyAgent(processor, output)
+    source = topology.spec.source
+    app = PipelineApp(
+        settings.group_id or f"pipeline-{topology.name}",
+        agent=agent,
+        batch_topics=[source.topic],
+        broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=str(settings.data_dir / topology.name),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_enabled=True,
+        autodiscover=False,
+        broker_commit_interval=settings.commit_interval_s,
+        broker_max_poll_records=settings.batch_max_events,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=source.partitions,
+        stream_wait_empty=True,
+    )
+    source_topic = app.topic(source.topic, key_serializer="raw", value_serializer="raw")
+    # Subscribe without a Faust stream: the batch consumer delivers it to the agent.
+    app.topics.add(source_topic)
+
+    @app.timer(interval=10.0, on_leader=False)
+    async def report_progress() -> None:
+        log.info("%s", agent.report())
+
+    @app.on_before_shutdown.connect
+    async def close_output(_app: Any, **_: Any) -> None:
+        output.close()
+        log.info("Stopped. %s", agent.report())
+
+    return app

@@ -1,0 +1,195 @@
+"""The one place that reaches into Faust internals: a consumer that hands over whole batches.
+
+Why: Faust delivers every message through ``Consumer._drain_messages`` → conductor → channel
+queue → stream, awaiting per message; measured here that caps an agent at ~3-8k events/s while
+the CPU idles (see ../shared/docs/faust-notes.md). The work itself costs ~10 µs per event.
+
+What this keeps from Faust: the consumer group, partition assignment and rebalancing, the
+fetcher thread, offset commits (its commit timer, ``commit()``, ``wait_empty()`` on rebalance
+and shutdown), tables, recovery and the web server. What changes: for the topics registered as
+*batch topics*, ``_drain_messages`` hands each fetched batch (``{TP: [ConsumerRecord, ...]}``)
+to one async handler instead of delivering message by message. Every other topic (changelogs,
+standbys, other agents) still goes through Faust's per-message path unchanged.
+
+Offsets: a batch topic's partition becomes committable at ``last offset + 1`` only after the
+handler returns, i.e. after every output of the batch is acknowledged by the broker. Faust's
+commit machinery then commits it (``_new_offset`` below). In-flight batches are shielded from
+the fetcher's cancellation and awaited by ``wait_empty()``, so a rebalance or SIGTERM finishes,
+delivers and commits the batch in hand before letting go of the partitions.
+
+The methods overridden here mirror faust-streaming 0.15.3; ``tests/runtime/test_faust_compat.py``
+fails if the upstream methods this relies on change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequence, Set, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from pipeline.core.records import SourceMessage
+
+BatchHandler = Callable[[Sequence[SourceMessage]], Awaitable[None]]
+
+FAUST_VERSION_TESTED = "0.15.3"
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """aiokafka consumer whose batch topics skip Faust's per-message delivery."""
+
+    batch_topics: frozenset[str] = frozenset()
+    batch_handler: Optional[BatchHandler] = None
+    _inflight: Optional["asyncio.Future[None]"] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delivered_offsets: dict[TP, int] = {}
+
+    def use_batches(self, topics: Iterable[str], handler: BatchHandler) -> None:
+        self.batch_topics = frozenset(topics)
+        self.batch_handler = handler
+
+    # -- commit bookkeeping ---------------------------------------------------------------------
+
+    def _new_offset(self, tp: TP) -> Optional[int]:
+        if tp.topic in self.batch_topics:
+            return self._delivered_offsets.get(tp)
+        return super()._new_offset(tp)
+
+    async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
+        for tp in revoked:
+            self._delivered_offsets.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def wait_empty(self) -> None:
+        """Finish the batch in hand (deliver, mark committable) before Faust commits and lets go."""
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            self.log.info("Waiting for the batch in flight to be delivered...")
+            try:
+                await inflight
+            except Exception:  # noqa: BLE001 - already reported by the drain loop
+                pass
+        await super().wait_empty()
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.get
+        set_read_offset = self._read_offset.__setitem__
+        batch_topics = self.batch_topics
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active_partitions = await self._wait_next_records(1.0)
+                # Faust sleeps here too: getmany can return at once in a loop.
+                await self.sleep(0)
+                if not records or self.should_stop:
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+                    continue
+                if not self.flow_active:
+                    # A rebalance started while fetching: drop the records; they will be
+                    # fetched again from the committed offsets.
+                    await self.perform_seek()
+                    continue
+                generation_id = self.app.consumer_generation_id
+                batch: dict[TP, list[Any]] = {}
+                others: list[tuple[TP, Any]] = []
+                for tp, tp_records in records.items():
+                    if (
+                        active_partitions is not None
+                        and tp not in active_partitions
+                        and tp not in self._buffered_partitions
+                    ):
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    last_read = get_read_offset(tp)
+                    if tp.topic in batch_topics:
+                        if last_read is not None and tp_records[0].offset <= last_read:
+                            tp_records = [r for r in tp_records if r.offset > last_read]
+                        if tp_records:
+                            batch[tp] = tp_records
+                    else:
+                        others.extend((tp, r) for r in tp_records)
+                if batch:
+                    await self._handle_batch(batch, generation_id)
+                for tp, record in others:
+                    await self._deliver_one(tp, record, callback, get_read_offset, set_read_offset)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _handle_batch(self, batch: Mapping[TP, list[Any]], generation_id: int) -> None:
+        handler = self.batch_handler
+        if handler is None:
+            raise RuntimeError("BatchConsumer has batch topics but no handler")
+        messages: list[Any] = []
+        for tp_records in batch.values():
+            messages.extend(tp_records)
+        # Shielded: cancelling the fetcher (rebalance, shutdown) must not abandon a batch
+        # half-sent; wait_empty() awaits it instead.
+        self._inflight = asyncio.ensure_future(self._run_batch(handler, messages, batch))
+        await asyncio.shield(self._inflight)
+
+    async def _run_batch(
+        self, handler: BatchHandler, messages: list[Any], batch: Mapping[TP, list[Any]]
+    ) -> None:
+        await handler(messages)
+        assignment = self.assignment()
+        for tp, tp_records in batch.items():
+            last = tp_records[-1].offset
+            self._read_offset[tp] = last
+            if tp in assignment:
+                self._acked[tp]  # noqa: B018 - registers the TP with Faust's commit loop
+                self._delivered_offsets[tp] = last + 1
+
+    async def _deliver_one(
+        self,
+        tp: TP,
+        record: Any,
+        callback: Callable[[Any], Awaitable[None]],
+        get_read_offset: Callable[[TP], Optional[int]],
+        set_read_offset: Callable[[TP, int], None],
+    ) -> None:
+        """Faust's own per-message path (as in ``Consumer._drain_messages``)."""
+        offset = record.offset
+        r_offset = get_read_offset(tp)
+        if r_offset is None or offset >= r_offset:
+            gap = offset - (r_offset or 0)
+            if gap > 1 and r_offset:
+                if self.app.topics.acks_enabled_for(record.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+            commit_every = self._commit_every
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            message = self._to_message(tp, record)
+            await self.wait_first(callback(message), self.suspend_flow.wait())
+            set_read_offset(tp, offset)
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    Consumer = BatchConsumer
+
+
+def batch_consumer(app: Any) -> BatchConsumer:
+    return cast(BatchConsumer, app.consumer)
