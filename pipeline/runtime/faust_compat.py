@@ -109,10 +109,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     ):
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    last_read = get_read_offset(tp)
                     if tp.topic in batch_topics:
-                        if last_read is not None and tp_records[0].offset <= last_read:
-                            tp_records = [r for r in tp_records if r.offset > last_read]
+                        # For batch topics the read offset is the next offset to process, the
+                        # meaning Faust gives it when it seeks to the committed offset.
+                        next_offset = get_read_offset(tp)
+                        if next_offset is not None and tp_records[0].offset < next_offset:
+                            tp_records = [r for r in tp_records if r.offset >= next_offset]
                         if tp_records:
                             batch[tp] = tp_records
                     else:
@@ -157,7 +159,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         assignment = self.assignment()
         for tp, tp_records in batch.items():
             last = tp_records[-1].offset
-            self._read_offset[tp] = last
+            self._read_offset[tp] = last + 1
             if tp in assignment:
                 self._acked[tp]  # noqa: B018 - registers the TP with Faust's commit loop
                 self._delivered_offsets[tp] = last + 1

@@ -18,12 +18,11 @@ def run_worker(topology: Topology, settings: Settings) -> int:
     created = ensure_topics(topology, settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
+    (settings.data_dir / topology.name).mkdir(parents=True, exist_ok=True)
     app = create_app(topology, settings)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
     )
     try:
         worker.execute_from_commandline()

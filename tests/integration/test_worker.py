@@ -1,0 +1,161 @@
+"""The worker end to end on the real broker: every input reaches exactly one output."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.core.avro_check import compile_schema
+from pipeline.produce import produce
+from pipeline.settings import Settings
+from pipeline.traffic import TrafficProfile, generate
+from tests.integration.kafka_helpers import (
+    REPO,
+    WorkerProcess,
+    consume_all,
+    make_topology,
+    topic_size,
+    wait_for_total,
+)
+
+pytestmark = pytest.mark.kafka
+
+HOSTILE = [
+    (b"k1", b"\xff\xfe\x00garbage"),
+    (b"k2", b"not json at all"),
+    (b"k3", b"[1, 2, 3]"),
+    (b"k4", b'{"event": "page_viewed", "timestamp": "yesterday", "user_id": "u"}'),
+    (None, b'{"event": 42}'),
+    (b"k5", b"NaN"),
+    (b"k6", b"{" * 5000 + b"}" * 5000),
+    (b"k7", b""),
+]
+
+DEAD_LETTER_SCHEMA = compile_schema(orjson.loads((REPO / "avro" / "dead_letter.avsc").read_bytes()))
+ROUTES = {"purchase_completed": "revenue_events", "error_occurred": "error_events"}
+
+
+def expected_topic(event: str) -> str:
+    if event in ROUTES:
+        return ROUTES[event]
+    if event.startswith(("subscription_", "refund_")):
+        return "revenue_events"
+    if event.startswith("error_"):
+        return "error_events"
+    return "processed_events"
+
+
+def send(topology, records) -> int:
+    settings = Settings.from_env(env={}, broker="127.0.0.1:9092")
+    result = produce(settings, topology.source, records)
+    assert result.failed == 0, result.first_error
+    return result.sent
+
+
+def ensure_source(topology) -> None:
+    from pipeline.runtime.admin import ensure_topics
+    from pipeline.topology import load_topology
+
+    ensure_topics(load_topology(topology.path), Settings.from_env(env={}))
+
+
+def check_outputs_match_inputs(topology, *, allow_duplicates: bool = False) -> dict[str, int]:
+    inputs = consume_all([topology.source])
+    outputs = consume_all(topology.outputs)
+    by_position = {(r.partition, r.offset): r for r in inputs}
+    per_topic = Counter(r.topic.removeprefix(topology.prefix) for r in outputs)
+
+    dead = [r for r in outputs if r.topic == topology.dead_letter]
+    valid = [r for r in outputs if r.topic != topology.dead_letter]
+    dead_positions = Counter()
+    for r in dead:
+        record = orjson.loads(r.value)
+        assert DEAD_LETTER_SCHEMA(record, "") is None, record
+        src = record["source"]
+        assert src["topic"] == topology.source
+        original = by_position[(src["partition"], src["offset"])]
+        assert r.key == original.key, "dead letter keeps the original key"
+        assert record["topology"] == {"name": "ecommerce", "version": "1"}
+        assert record["stage"] == "validate"
+        assert record["reason"] and record["message"]
+        assert record["payload_size"] == len(original.value or b"")
+        dead_positions[(src["partition"], src["offset"])] += 1
+
+    expected_valid = Counter()
+    for position, r in by_position.items():
+        if position in dead_positions:
+            continue
+        event = orjson.loads(r.value)
+        expected_valid[(r.key, event["event_id"])] += 1
+    got_valid = Counter()
+    for r in valid:
+        event = orjson.loads(r.value)
+        got_valid[(r.key, event["event_id"])] += 1
+        assert r.topic == topology.prefix + expected_topic(event["event"]), event["event"]
+
+    if allow_duplicates:
+        assert set(got_valid) == set(expected_valid), "an input event is missing from the outputs"
+        assert set(dead_positions) | set(expected_valid) and all(n >= 1 for n in dead_positions.values())
+    else:
+        assert got_valid == expected_valid, "each valid input appears exactly once"
+        assert all(n == 1 for n in dead_positions.values()), "each invalid input dead-lettered once"
+        assert len(outputs) == len(inputs)
+    return dict(per_topic)
+
+
+def test_every_input_reaches_exactly_one_output(kafka_broker: str, tmp_path: Path) -> None:
+    topology = make_topology(tmp_path)
+    ensure_source(topology)
+    profile = TrafficProfile(seed=7, invalid_fraction=0.05, duplicate_fraction=0.01)
+    records = [(r.key, r.value) for r in generate(3000, profile)] + HOSTILE
+    sent = send(topology, records)
+
+    worker = WorkerProcess(topology).start(tmp_path)
+    try:
+        total = wait_for_total(topology.outputs, sent, timeout=120)
+        assert total == sent, worker.log()[-3000:]
+        assert worker.terminate() == 0, worker.log()[-3000:]
+    finally:
+        worker.kill()
+
+    per_topic = check_outputs_match_inputs(topology)
+    assert per_topic["invalid_events"] >= len(HOSTILE)
+    assert per_topic["revenue_events"] > 0 and per_topic["error_events"] > 0
+    assert per_topic["processed_events"] > per_topic["revenue_events"]
+
+
+def test_sigterm_mid_stream_then_restart_loses_nothing(kafka_broker: str, tmp_path: Path) -> None:
+    topology = make_topology(tmp_path)
+    ensure_source(topology)
+    sent = send(topology, ((r.key, r.value) for r in generate(60_000, TrafficProfile(seed=11))))
+
+    first = WorkerProcess(topology)
+    # Small batches so the stop lands in the middle of the stream.
+    import os
+
+    os.environ["PIPELINE_BATCH_MAX_EVENTS"] = "500"
+    try:
+        first.start(tmp_path)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum(topic_size(t) for t in topology.outputs) < 2000:
+            time.sleep(0.2)
+        assert first.terminate() == 0, first.log()[-3000:]
+        stopped_at = sum(topic_size(t) for t in topology.outputs)
+        assert 0 < stopped_at < sent, "the stop should land mid-stream"
+
+        second = WorkerProcess(topology).start(tmp_path)
+        try:
+            total = wait_for_total(topology.outputs, sent, timeout=180)
+            assert total >= sent, second.log()[-3000:]
+            assert second.terminate() == 0
+        finally:
+            second.kill()
+    finally:
+        os.environ.pop("PIPELINE_BATCH_MAX_EVENTS", None)
+        first.kill()
+    # A graceful stop finishes, delivers and commits the batch in hand: no loss, no duplicate.
+    check_outputs_match_inputs(topology)
