@@ -1,0 +1,57 @@
+# Developer entry points. `make demo` and `make test` are the two commands the README promises.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TOPOLOGY ?= topologies/ecommerce.yaml
+
+.PHONY: help install kafka-up kafka-down kafka-status demo test test-unit test-long check worker produce clean
+
+help:
+	@echo "make demo        local Kafka + a worker on $(TOPOLOGY) + generated traffic, then a report"
+	@echo "make test        the CI test suite (starts local Kafka)"
+	@echo "make test-unit   tests that need no broker"
+	@echo "make test-long   long fault and soak runs (marked slow)"
+	@echo "make kafka-up / kafka-down / kafka-status"
+	@echo "make check       pipeline check on every topology"
+	@echo "make worker      run a worker on $(TOPOLOGY) in the foreground"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+kafka-up:
+	scripts/kafka-local.sh up
+
+kafka-down:
+	scripts/kafka-local.sh down
+
+kafka-status:
+	scripts/kafka-local.sh status
+
+demo: install kafka-up
+	$(BIN)/python scripts/demo.py --topology $(TOPOLOGY)
+
+test: install kafka-up
+	$(BIN)/python -m pytest -m "not slow"
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not kafka and not slow"
+
+test-long: install kafka-up
+	$(BIN)/python -m pytest -m slow
+
+check: install
+	$(BIN)/pipeline check topologies/*.yaml
+
+worker: install kafka-up
+	$(BIN)/pipeline worker $(TOPOLOGY)
+
+produce: install kafka-up
+	$(BIN)/pipeline produce $(TOPOLOGY) --generate 10000
+
+clean:
+	rm -rf $(VENV) .local build dist *.egg-info .pytest_cache

@@ -1,0 +1,127 @@
+"""`make demo`: a worker on the example topology, a few thousand generated events, a report.
+
+Runs against the local broker (`make kafka-up`). Leaves the broker running and stops the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.produce import produce
+from pipeline.runtime.admin import admin_client, ensure_topics
+from pipeline.settings import Settings
+from pipeline.topology import load_topology
+from pipeline.traffic import TrafficProfile, generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sizes(settings: Settings, topics: list[str]) -> dict[str, int]:
+    metadata = admin_client(settings).list_topics(timeout=10)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "demo-probe"})
+    try:
+        return {
+            t: sum(
+                consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                for p in metadata.topics[t].partitions
+            )
+            for t in topics
+        }
+    finally:
+        consumer.close()
+
+
+def last_record(settings: Settings, topic: str) -> dict | None:
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "demo-probe"})
+    try:
+        metadata = admin_client(settings).list_topics(topic, timeout=10)
+        for p in metadata.topics[topic].partitions:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if hi > lo:
+                consumer.assign([TopicPartition(topic, p, hi - 1)])
+                msg = consumer.poll(10)
+                if msg is not None and not msg.error():
+                    return orjson.loads(msg.value())
+        return None
+    finally:
+        consumer.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--topology", default="topologies/ecommerce.yaml")
+    parser.add_argument("--events", type=int, default=5000)
+    args = parser.parse_args()
+
+    topology = load_topology(args.topology)
+    settings = Settings.from_env()
+    outputs = list(topology.spec.topics)
+    print(f"== topology {topology.name} v{topology.version}: {topology.spec.source.topic} -> {', '.join(outputs)}")
+    created = ensure_topics(topology, settings)
+    if created:
+        print(f"== created topics: {', '.join(created)}")
+    before = sizes(settings, outputs)
+
+    log_path = REPO / ".local" / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"== starting a worker (log: {log_path})")
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "worker", args.topology, "--web-port", os.environ.get("DEMO_WEB_PORT", "6066")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+    try:
+        profile = TrafficProfile(seed=int(time.time()), invalid_fraction=0.03, duplicate_fraction=0.01)
+        records = [(r.key, r.value) for r in generate(args.events, profile)]
+        result = produce(settings, topology.spec.source.topic, records)
+        print(f"== produced {result.sent} events ({profile.invalid_fraction:.0%} invalid, {profile.duplicate_fraction:.0%} resent) to {topology.spec.source.topic}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = sizes(settings, outputs)
+            done = sum(now.values()) - sum(before.values())
+            if done >= result.sent:
+                break
+            if worker.poll() is not None:
+                print(f"!! the worker exited with {worker.returncode}; see {log_path}")
+                return 1
+            time.sleep(0.5)
+        else:
+            print(f"!! only {done} of {result.sent} events arrived in 120 s; see {log_path}")
+            return 1
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=90)
+
+    print("\n== what reached each output topic")
+    width = max(len(t) for t in outputs)
+    for topic in outputs:
+        print(f"  {topic:<{width}}  {now[topic] - before[topic]:>6}")
+    print(f"  {'total':<{width}}  {sum(now.values()) - sum(before.values()):>6}  (= events produced)")
+    sample = last_record(settings, topology.spec.dead_letter.topic)
+    if sample:
+        print("\n== a dead letter, as downstream tooling sees it")
+        print("  " + orjson.dumps({k: sample[k] for k in ("reason", "stage", "message", "path", "source")}).decode())
+    print(
+        "\n== where to look next\n"
+        f"  worker log:             {log_path}\n"
+        f"  run the worker:         .venv/bin/pipeline worker {args.topology}\n"
+        f"  send more traffic:      .venv/bin/pipeline produce {args.topology} --generate 100000\n"
+        f"  try a file, no broker:  .venv/bin/pipeline run {args.topology} --input events.jsonl --output out/\n"
+        "  topology reference:     README.md#topology-reference\n"
+        "  stop Kafka:             make kafka-down"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
