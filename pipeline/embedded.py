@@ -56,11 +56,13 @@ def run_file(
     files = {topic: (output_dir / f"{topic}.jsonl").open("wb") for topic in topics}
     started = time.monotonic()
     total = 0
+    source = f"file:{input_path}"
     try:
         with input_path.open("rb") as stream:
             batch: list[RawMessage] = []
             for offset, value in enumerate(read_lines(stream)):
-                batch.append(RawMessage(value=value, offset=offset))
+                # Dead letters point back at the line: topic "file:<path>", offset = line index.
+                batch.append(RawMessage(value=value, topic=source, partition=0, offset=offset))
                 if len(batch) >= BATCH_SIZE:
                     total += _flush(processor, batch, files, counts, dead)
                     batch = []

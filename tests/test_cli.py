@@ -244,11 +244,6 @@ def test_run_with_a_missing_topology_exits_one(
     assert f"{topology}: file not found" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an OSError while writing the outputs (here: --output is an existing file) "
-    "escapes main() as a traceback instead of 'error: ...' and exit code 2",
-)
 def test_run_with_an_unusable_output_dir_exits_two(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -70,7 +70,7 @@ class _Compiler:
             if kind == "enum":
                 return self._enum(schema, namespace)
             if kind == "array":
-                return self._array(schema, namespace, field or schema)
+                return self._array(schema, namespace, {**schema, **(field or {})})
             if kind == "map":
                 return self._map(schema, namespace)
             if kind == "fixed":

@@ -11,6 +11,7 @@ from pipeline.core.records import SourceMessage
 
 # Kafka's default max.message.bytes is 1 MiB; keep every record safely below it.
 RECORD_SIZE_LIMIT = 1_000_000
+_MAX_PATH = 1024
 
 
 def _text_or_base64(data: bytes) -> tuple[str, str]:
@@ -59,7 +60,7 @@ class DeadLetterBuilder:
             "reason": reason,
             "stage": stage,
             "message": detail[:2000],
-            "path": path,
+            "path": path[:_MAX_PATH] if path else path,
             "payload": payload,
             "payload_encoding": encoding,
             "payload_truncated": truncated,
@@ -73,13 +74,15 @@ class DeadLetterBuilder:
             "topology": self._topology,
         }
         encoded = orjson.dumps(record)
-        if len(encoded) > RECORD_SIZE_LIMIT:
-            # JSON escaping can blow control characters up six-fold; base64 of a prefix is bounded.
-            keep = (RECORD_SIZE_LIMIT // 2) * 3 // 4
+        keep = min(self._max_payload_bytes, (RECORD_SIZE_LIMIT // 2) * 3 // 4)
+        while len(encoded) > RECORD_SIZE_LIMIT and keep > 0:
+            # JSON escaping can blow control characters up six-fold; base64 of a prefix is
+            # bounded (4/3). Halve the prefix until the record fits.
             record["payload"] = base64.b64encode(raw[:keep]).decode("ascii")
             record["payload_encoding"] = "base64"
             record["payload_truncated"] = len(raw) > keep
             encoded = orjson.dumps(record)
+            keep //= 2
         return encoded
 
 

@@ -51,10 +51,14 @@ class Processor:
         """Process one batch; the context holds every output, in input order per stage."""
         ctx = self.new_context()
         batch = messages if isinstance(messages, list) else list(messages)
+        mark = len(ctx.outputs)
+        before = (ctx.dead_letters.copy(), ctx.counters.copy())
         try:
             items = self.source.decode(batch, ctx)
         except Exception:
             log.exception("stage %r failed on a batch; isolating the failing messages", self.source.id)
+            del ctx.outputs[mark:]
+            ctx.dead_letters, ctx.counters = before
             items = self._decode_one_by_one(batch, ctx)
         for stage in self.middle:
             items = self._guarded(stage.id, stage.process, items, ctx)
@@ -65,10 +69,12 @@ class Processor:
         items: list[Item] = []
         for message in batch:
             mark = len(ctx.outputs)
+            before = (ctx.dead_letters.copy(), ctx.counters.copy())
             try:
                 items.extend(self.source.decode([message], ctx))
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
                 del ctx.outputs[mark:]
+                ctx.dead_letters, ctx.counters = before
                 ctx.dead_letter(
                     message,
                     reason=Reason.STAGE_ERROR,
@@ -85,21 +91,23 @@ class Processor:
         ctx: BatchContext,
     ) -> list[Item]:
         mark = len(ctx.outputs)
-        dead_letters_before = ctx.dead_letters.copy()
+        before = (ctx.dead_letters.copy(), ctx.counters.copy())
         try:
             return run(items, ctx) or []
         except Exception:
             log.exception("stage %r failed on a batch; isolating the failing events", stage_id)
-        # Undo the batch's partial outputs, then replay one event at a time.
+        # Undo the batch's partial outputs and counts, then replay one event at a time.
         del ctx.outputs[mark:]
-        ctx.dead_letters = dead_letters_before
+        ctx.dead_letters, ctx.counters = before
         survivors: list[Item] = []
         for item in items:
             mark = len(ctx.outputs)
+            before = (ctx.dead_letters.copy(), ctx.counters.copy())
             try:
                 survivors.extend(run([item], ctx) or [])
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
                 del ctx.outputs[mark:]
+                ctx.dead_letters, ctx.counters = before
                 ctx.counters[(stage_id, "error")] += 1
                 ctx.dead_letter(
                     item.message,

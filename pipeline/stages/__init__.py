@@ -67,7 +67,9 @@ class UnknownStageType(LookupError):
 def stage_type(name: str) -> StageType:
     """The stage type registered under ``name`` (its module in this package)."""
     if not _TYPE_NAME_RE.match(name):
-        raise UnknownStageType(f"{name!r} is not a stage type name")
+        raise UnknownStageType(
+            f"{name!r} is not a stage type name (known: {', '.join(known_types())})"
+        )
     module_name = f"{__name__}.{name}"
     if importlib.util.find_spec(module_name) is None:
         raise UnknownStageType(f"unknown stage type {name!r} (known: {', '.join(known_types())})")

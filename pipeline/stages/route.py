@@ -110,6 +110,11 @@ def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equality where booleans are not numbers (Python says True == 1)."""
+    return a == b and (type(a) is bool) == (type(b) is bool)
+
+
 def _compile_predicate(p: Predicate) -> Callable[[dict[str, Any]], bool]:
     get = _getter(p.field)
     value = p.value
@@ -118,15 +123,25 @@ def _compile_predicate(p: Predicate) -> Callable[[dict[str, Any]], bool]:
     if p.op == "missing":
         return lambda e: get(e) in (_MISSING, None)
     if p.op == "eq":
-        return lambda e: get(e) == value
+        return lambda e: _same(get(e), value)
     if p.op == "ne":
-        return lambda e: get(e) != value
+        return lambda e: not _same(get(e), value)
     if p.op == "in":
         members = list(value)
-        return lambda e: get(e) in members
+
+        def is_member(e: dict[str, Any]) -> bool:
+            v = get(e)
+            return any(_same(v, m) for m in members)
+
+        return is_member
     if p.op == "not_in":
         members = list(value)
-        return lambda e: get(e) not in members
+
+        def not_member(e: dict[str, Any]) -> bool:
+            v = get(e)
+            return not any(_same(v, m) for m in members)
+
+        return not_member
     if p.op == "prefix":
         return lambda e: isinstance(v := get(e), str) and v.startswith(value)
     compare = _ORDERING_OPS[p.op]

@@ -13,7 +13,7 @@ fields are kept as they are.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import orjson
@@ -31,6 +31,8 @@ _OBJECT_FIELDS = ("properties", "context", "user_properties")
 _CONTEXT_STRING_FIELDS = ("ip", "user_agent", "page_url", "referrer", "locale")
 _MAX_ID_LENGTH = 256
 _MAX_EVENT_NAME_LENGTH = 128
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 class ValidateConfig(Strict):
@@ -53,6 +55,7 @@ class _Invalid(Exception):
         self.reason = reason
         self.detail = detail
         self.path = path
+        self.event: dict[str, Any] | None = None
 
 
 def _json_type(value: Any) -> str:
@@ -112,7 +115,8 @@ def parse_timestamp(value: Any) -> int:
                         f"timestamp {text!r} has no UTC offset (add Z or +hh:mm)",
                         "timestamp",
                     )
-                return int(parsed.timestamp() * 1000)
+                # Integer arithmetic: float seconds * 1000 can lose a millisecond.
+                return (parsed - _EPOCH) // _ONE_MS
         raise _Invalid(
             Reason.BAD_TIMESTAMP,
             f"timestamp {value[:64]!r} is neither ISO-8601 with an offset nor epoch milliseconds",
@@ -143,7 +147,12 @@ class ValidateStage:
                 append(Item(check(message.value, now_ms), message))
             except _Invalid as bad:
                 ctx.dead_letter(
-                    message, reason=bad.reason, stage=self.id, detail=bad.detail, path=bad.path
+                    message,
+                    reason=bad.reason,
+                    stage=self.id,
+                    detail=bad.detail,
+                    path=bad.path,
+                    event=bad.event,
                 )
         return items
 
@@ -175,7 +184,14 @@ class ValidateStage:
                 raise _Invalid(
                     Reason.TOO_DEEP, f"nesting is deeper than the limit of {config.max_depth}"
                 )
+        try:
+            return self._check_event(event, now_ms)
+        except _Invalid as bad:
+            bad.event = event  # so the dead letter can say which event it was
+            raise
 
+    def _check_event(self, event: dict[str, Any], now_ms: int) -> dict[str, Any]:
+        config = self.config
         name = self._event_name(event)
         event_id = event.get("event_id")
         if event_id is not None and (
@@ -268,6 +284,8 @@ class ValidateStage:
     def _event_name(event: dict[str, Any]) -> str:
         name = event.get("event")
         alias = event.get("event_name")
+        if alias is None and "event_name" in event:
+            del event["event_name"]
         if alias is not None:
             if name is not None and name != alias:
                 raise _Invalid(
@@ -295,7 +313,8 @@ class ValidateStage:
     @staticmethod
     def _decode_failure(value: bytes, exc: orjson.JSONDecodeError) -> _Invalid:
         text = str(exc)
-        if "recursion" in text.lower():
+        lowered = text.lower()
+        if "recursion" in lowered or "depth limit" in lowered:
             return _Invalid(Reason.TOO_DEEP, "nesting is deeper than JSON decoding allows")
         try:
             value.decode("utf-8")

@@ -10,7 +10,9 @@ from typing import Any, Iterable, Mapping
 import fastavro
 import orjson
 import yaml
-from pydantic import BaseModel, ValidationError
+from typing import Annotated
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pipeline.core.avro_check import SchemaCompileError, compile_schema
 from pipeline.errors import Problem, TopologyError
@@ -119,35 +121,57 @@ def load_topology(path: str | Path, *, env: Mapping[str, str] | None = None) -> 
 
     try:
         spec = TopologySpec.model_validate(raw)
+        complete = True
     except ValidationError as exc:
         problems.extend(_validation_problems(file, exc))
-        # Still check the stages we can, so one run reports as much as possible.
-        stage_list = raw.get("stages") if isinstance(raw.get("stages"), list) else []
-        for i, stage in enumerate(stage_list):
-            if isinstance(stage, dict) and isinstance(stage.get("type"), str):
-                problems.extend(_stage_problems(file, i, stage, None))
-        raise TopologyError(problems) from None
+        # Keep checking the sections that are valid on their own, so one run reports as much
+        # as possible (a typo at the top must not hide a bad route further down).
+        spec = TopologySpec.model_construct(**_valid_sections(raw))
+        complete = False
 
     stage_configs: dict[str, BaseModel] = {}
+    stages = spec.__dict__.get("stages") or []
     seen_ids: dict[str, int] = {}
-    for i, stage in enumerate(spec.stages):
+    for i, stage in enumerate(stages):
         if stage.id in seen_ids:
             problems.append(
                 Problem(file, f"stages[{i}].id", f"duplicate stage id {stage.id!r} (first at stages[{seen_ids[stage.id]}])")
             )
         seen_ids.setdefault(stage.id, i)
-        stage_problems = _stage_problems(file, i, stage.model_dump(), spec)
+        cross_check = "topics" in spec.__dict__ and "dead_letter" in spec.__dict__
+        stage_problems = _stage_problems(file, i, stage.model_dump(), spec if cross_check else None)
         problems.extend(stage_problems)
         if not stage_problems:
             kind = stage_type(stage.type)
             stage_configs[stage.id] = kind.config_model.model_validate(stage.settings)
-    problems.extend(_role_problems(file, spec))
-    problems.extend(_topic_problems(file, spec))
-    schemas, schema_problems = _load_schemas(file, path.parent, spec)
-    problems.extend(schema_problems)
-    if problems:
+    if stages:
+        problems.extend(_role_problems(file, stages))
+    if all(k in spec.__dict__ for k in ("topics", "source", "dead_letter")):
+        problems.extend(_topic_problems(file, spec))
+    schemas: dict[str, Any] = {}
+    if "schemas" in spec.__dict__:
+        schemas, schema_problems = _load_schemas(file, path.parent, spec)
+        problems.extend(schema_problems)
+    if problems or not complete:
         raise TopologyError(problems)
     return Topology(spec=spec, path=path, stage_configs=stage_configs, schemas=schemas)
+
+
+def _valid_sections(raw: dict[str, Any]) -> dict[str, Any]:
+    """The top-level sections of a topology that are valid on their own."""
+    sections = {}
+    for name, field in TopologySpec.model_fields.items():
+        if name not in raw:
+            continue
+        try:
+            annotation = field.annotation
+            if field.metadata:
+                annotation = Annotated[(annotation, *field.metadata)]  # type: ignore[valid-type]
+            adapter = TypeAdapter(annotation)
+            sections[name] = adapter.validate_python(raw[name])
+        except ValidationError:
+            continue
+    return sections
 
 
 def _stage_problems(
@@ -168,10 +192,10 @@ def _stage_problems(
     return []
 
 
-def _role_problems(file: str, spec: TopologySpec) -> list[Problem]:
+def _role_problems(file: str, stages: list[Any]) -> list[Problem]:
     problems = []
     roles = []
-    for i, stage in enumerate(spec.stages):
+    for i, stage in enumerate(stages):
         try:
             roles.append((i, stage_type(stage.type).role))
         except UnknownStageType:
@@ -181,8 +205,10 @@ def _role_problems(file: str, spec: TopologySpec) -> list[Problem]:
     if roles[-1][1] != "sink" or len(roles) < 2:
         problems.append(Problem(file, f"stages[{len(roles) - 1}]", "the last stage must be a route (sink) stage"))
     for i, role in roles[1:-1]:
-        if role != "middle":
-            problems.append(Problem(file, f"stages[{i}]", f"a {role} stage can only be first or last"))
+        if role == "source":
+            problems.append(Problem(file, f"stages[{i}]", "a validate (source) stage can only be first"))
+        elif role == "sink":
+            problems.append(Problem(file, f"stages[{i}]", "a route (sink) stage can only be last"))
     return problems
 
 

@@ -279,12 +279,6 @@ def test_min_and_max_items_on_a_standalone_array() -> None:
     bad(schema, [1, 2, 3], "v", "more than 2")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when an array is a record field's type, _array reads minItems/maxItems only "
-    "from the field (attrs=field or schema), so the same attributes on the array type are "
-    "silently ignored (unlike primitives, where type and field attributes are merged)",
-)
 def test_min_items_on_the_array_type_of_a_field() -> None:
     schema = record({"name": "xs", "type": {"type": "array", "items": "int", "minItems": 1}})
     bad(schema, {"xs": []}, "v.xs", "fewer than 1 items")

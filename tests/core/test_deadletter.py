@@ -238,11 +238,6 @@ def test_huge_payloads_stay_under_the_record_limit(limit: int, value: bytes) -> 
     assert len(record["message"]) <= 2000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when JSON escaping pushes a record over 1 MB, the base64 fallback keeps "
-    "375,000 bytes, more than dead_letter.max_payload_bytes (256 KiB by default)",
-)
 def test_fallback_keeps_no_more_than_max_payload_bytes() -> None:
     value = b'{"s": "' + b"\x01" * TEN_MB + b'"}'
     record = build(RawMessage(value=value), limit=DEFAULT_LIMIT)
@@ -259,11 +254,6 @@ def test_huge_payload_through_the_processor(processor: Processor) -> None:
     assert record["payload_truncated"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the record's 'path' is not bounded; a map key of ~900 kB in the event ends up "
-    "in the path, and the record goes over 1 MB (only the payload is ever shrunk)",
-)
 def test_long_map_key_in_path_keeps_the_record_under_the_limit(
     tmp_path: Path, make_topology: Callable[..., Topology]
 ) -> None:

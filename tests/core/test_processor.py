@@ -115,11 +115,6 @@ def test_dead_letter_key_is_the_original_message_key(processor: Processor) -> No
     assert (topic, key) == (DLQ, b"bad")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Processor._guarded restores outputs and dead_letters after a failed batch but "
-    "not ctx.counters, so what a stage counted before it raised is counted again on replay",
-)
 def test_counters_are_not_double_counted(processor: Processor) -> None:
     processor.middle.append(Enrich())
     ctx = processor.process([msg(u) for u in BATCH])
@@ -242,12 +237,6 @@ def test_source_failure_on_a_single_message(
     assert ctx.dead_letters == {(Reason.STAGE_ERROR, "validate"): 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when the source stage raises on a batch, Processor.process does not undo the "
-    "dead letters it already wrote before replaying message by message, so they are "
-    "written (and counted) twice",
-)
 def test_source_failure_does_not_duplicate_earlier_dead_letters(
     processor: Processor, monkeypatch: pytest.MonkeyPatch
 ) -> None:

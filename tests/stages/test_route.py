@@ -184,11 +184,6 @@ def test_booleans_are_not_numbers_for_ordering() -> None:
     assert where("properties.flag", "lte", 0).topic_for(ev(properties={"flag": False})) == "other"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: eq/ne/in/not_in use Python ==, where True == 1 and False == 0, so a JSON "
-    "boolean matches a number (and vice versa)",
-)
 @pytest.mark.parametrize(
     ("op", "value", "field_value", "expected"),
     [
