@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import itertools
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -114,6 +119,31 @@ def test_same_profile_same_bytes() -> None:
     assert [r.value for r in first] == [r.value for r in second]
     other = list(generate(200, TrafficProfile(seed=1235, start_ms=START_MS)))
     assert [r.value for r in other] != [r.value for r in first[:200]]
+
+
+def digest(records: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(b"%s|%s|%d|" % (rec.kind.encode(), rec.key or b"-", len(rec.value)))
+        h.update(rec.value)
+    return h.hexdigest()
+
+
+def test_same_bytes_in_another_process() -> None:
+    # nothing may depend on hash randomisation (set order) or on the process
+    code = (
+        "from __future__ import annotations\nfrom typing import Any\n"
+        f"{inspect.getsource(digest)}\nfrom pipeline.traffic import generate, TrafficProfile\n"
+        f"print(digest(generate(2000, TrafficProfile(seed=1234, start_ms={START_MS}))))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == digest(generate(2000, PROFILE))
 
 
 def test_longer_run_extends_shorter_one() -> None:
@@ -467,7 +497,6 @@ def test_agrees_with_the_validate_stage() -> None:
         from pipeline.stages.validate import ValidateConfig, ValidateStage
     except ImportError as exc:  # pragma: no cover - the stage is developed alongside
         pytest.skip(f"validate stage not importable: {exc}")
-    from pathlib import Path
 
     avro = Path(__file__).resolve().parent.parent / "avro" / "events"
     schemas = {f.stem: compile_schema(orjson.loads(f.read_bytes())) for f in avro.glob("*.avsc")}
