@@ -37,5 +37,7 @@ class Reason(StrEnum):
     """The event has no property schema and the topology rejects unknown events."""
     SCHEMA_VIOLATION = "schema_violation"
     """``properties`` do not match the event's Avro schema (path says where)."""
+    ENRICHMENT_FAILED = "enrichment_failed"
+    """An enricher raised on this event and its stage says ``on_error: dead_letter``."""
     STAGE_ERROR = "stage_error"
     """A stage raised an unexpected exception on this event (a bug); the stage id says which."""

@@ -154,7 +154,7 @@ def load_topology(path: str | Path, *, env: Mapping[str, str] | None = None) -> 
         problems.extend(schema_problems)
     if problems or not complete:
         raise TopologyError(problems)
-    return Topology(spec=spec, path=path, stage_configs=stage_configs, schemas=schemas)
+    return Topology(spec=spec, path=path, stage_configs=stage_configs, schemas=schemas, env=env)
 
 
 def _valid_sections(raw: dict[str, Any]) -> dict[str, Any]:

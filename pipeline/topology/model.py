@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -141,6 +141,7 @@ class Topology:
         path: Path,
         stage_configs: dict[str, BaseModel],
         schemas: dict[str, dict[str, Any]],
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.path = path
@@ -148,6 +149,8 @@ class Topology:
         """Validated config model per stage id, in topology order."""
         self.schemas = schemas
         """Parsed Avro schemas: ``envelope``, ``dead_letter`` and ``event:<name>``."""
+        self.env: Mapping[str, str] = dict(env or {})
+        """The environment the topology was loaded with (enrichers read secrets from it)."""
 
     @property
     def name(self) -> str:

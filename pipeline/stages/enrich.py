@@ -1,0 +1,139 @@
+"""The ``enrich`` stage: runs one enricher (``pipeline/enrichers/<name>.py``) on every event.
+
+    - id: geo                 # the stage id: metrics, dead letters
+      type: enrich
+      enricher: geoip         # the enricher module
+      on_error: skip          # skip: count and pass the event on unchanged; dead_letter: dead-letter it
+      optional: true          # if it cannot start (no database), run without it and say so
+      config: {city_db: "${GEOIP_CITY_DB:-}"}
+
+An enricher never kills the worker: an exception on one event is handled by ``on_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from pipeline.core.batch import BatchContext
+from pipeline.core.reasons import Reason
+from pipeline.core.records import Item
+from pipeline.enrichers import (
+    DisabledEnricher,
+    Enricher,
+    EnricherContext,
+    EnricherUnavailable,
+    Outcome,
+    UnknownEnricher,
+    enricher_type,
+)
+from pipeline.stages import StageType
+from pipeline.topology.model import Strict, Topology, TopologySpec
+
+log = logging.getLogger(__name__)
+
+
+class EnrichConfig(Strict):
+    enricher: str
+    """Name of the enricher module in ``pipeline/enrichers``."""
+    on_error: Literal["skip", "dead_letter"] = "skip"
+    optional: bool = False
+    """When the enricher cannot start: false = refuse to start; true = run disabled."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """The enricher's own settings (validated by its config model)."""
+
+
+def _check(config: EnrichConfig, spec: TopologySpec) -> list[tuple[str, str]]:
+    try:
+        kind = enricher_type(config.enricher)
+    except UnknownEnricher as exc:
+        return [("enricher", str(exc))]
+    try:
+        kind.config_model.model_validate(config.config)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                message = "required key is missing"
+            problems.append((f"config.{loc}" if loc else "config", message))
+        return problems
+    return []
+
+
+class EnrichStage:
+    def __init__(self, stage_id: str, config: EnrichConfig, enricher: Enricher) -> None:
+        self.id = stage_id
+        self.enricher_name = config.enricher
+        self.on_error = config.on_error
+        self.enricher = enricher
+
+    def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
+        enrich = self.enricher.enrich
+        counters = ctx.counters
+        stage_id = self.id
+        kept: list[Item] = []
+        hits = misses = skipped = 0
+        for item in items:
+            try:
+                outcome = enrich(item.event)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+                counters[(stage_id, "error")] += 1
+                if self.on_error == "dead_letter":
+                    ctx.dead_letter(
+                        item.message,
+                        reason=Reason.ENRICHMENT_FAILED,
+                        stage=stage_id,
+                        detail=f"{type(exc).__name__}: {exc}",
+                        event=item.event,
+                    )
+                else:
+                    kept.append(item)
+                continue
+            if outcome is Outcome.HIT:
+                hits += 1
+            elif outcome is Outcome.MISS:
+                misses += 1
+            elif outcome is Outcome.SKIPPED:
+                skipped += 1
+            elif outcome is Outcome.DROP:
+                counters[(stage_id, "drop")] += 1
+                continue
+            kept.append(item)
+        if hits:
+            counters[(stage_id, "hit")] += hits
+        if misses:
+            counters[(stage_id, "miss")] += misses
+        if skipped:
+            counters[(stage_id, "skipped")] += skipped
+        return kept
+
+    def status(self) -> str:
+        return self.enricher.status()
+
+    def close(self) -> None:
+        self.enricher.close()
+
+
+def _build(stage_id: str, config: EnrichConfig, topology: Topology) -> EnrichStage:
+    kind = enricher_type(config.enricher)
+    enricher_config = kind.config_model.model_validate(config.config)
+    context = EnricherContext(
+        env=topology.env, base_dir=topology.path.parent, stage_id=stage_id
+    )
+    try:
+        enricher = kind.build(enricher_config, context)
+    except EnricherUnavailable as exc:
+        if not config.optional:
+            raise
+        log.warning("enricher %s (stage %s) is disabled: %s", config.enricher, stage_id, exc)
+        enricher = DisabledEnricher(str(exc))
+    return EnrichStage(stage_id, config, enricher)
+
+
+STAGE_TYPE = StageType(
+    name="enrich", role="middle", config_model=EnrichConfig, build=_build, check=_check
+)
