@@ -15,6 +15,7 @@ from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "topologies" / "ecommerce.yaml"
+ROUTE_INDEX = [s["type"] for s in __import__("yaml").safe_load(EXAMPLE.read_text())["stages"]].index("route")
 
 
 def bad_topology(tmp_path: Path, example_text: str, name: str = "bad.yaml") -> Path:
@@ -113,7 +114,7 @@ def test_check_bad_file_prints_every_problem(
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     assert f"{bad}: stages[0].max_dept: unknown key" in err
-    assert any(l.startswith(f"{bad}: stages[1].default: ") and "topic name" in l for l in err)
+    assert any(l.startswith(f"{bad}: stages[{ROUTE_INDEX}].default: ") and "topic name" in l for l in err)
     assert err[-1] == f"{len(err) - 1} problem(s) in 1 file(s)"
     assert "ok" not in captured.out
     assert "Traceback" not in captured.err
@@ -131,7 +132,7 @@ def test_check_semantic_problems(
     )
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
-    assert f"{path}: stages[1].rules[1].to: topic 'errors_typo' is not declared under topics" in err
+    assert f"{path}: stages[{ROUTE_INDEX}].rules[1].to: topic 'errors_typo' is not declared under topics" in err
     assert f"{path}: dead_letter.topic: topic 'dlq' is not declared under topics" in err
     assert "2 problem(s) in 1 file(s)" in err
 

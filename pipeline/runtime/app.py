@@ -12,6 +12,9 @@ from pipeline.core.processor import Processor
 from pipeline.core.records import SourceMessage
 from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport
 from pipeline.runtime.output import OutputProducer
+from pipeline.runtime.partitioning import OwnerPartitioner
+from pipeline.runtime.state import TableDedupeStore
+from pipeline.stages.dedupe import DedupeStage
 from pipeline.settings import Settings
 from pipeline.topology.model import Topology
 
@@ -29,6 +32,7 @@ class TopologyAgent:
     def __init__(self, processor: Processor, output: OutputProducer) -> None:
         self.processor = processor
         self.output = output
+        self.stores: list[TableDedupeStore] = []
         self.events_in = 0
         self.batches = 0
         self.dead_letters = 0
@@ -37,6 +41,8 @@ class TopologyAgent:
     async def handle_batch(self, messages: Sequence[SourceMessage]) -> None:
         ctx = self.processor.process(messages)
         await self.output.send_batch(ctx.outputs)
+        for store in self.stores:
+            store.after_delivery()
         self.events_in += len(messages)
         self.batches += 1
         self.dead_letters += sum(ctx.dead_letters.values())
@@ -71,8 +77,22 @@ class PipelineApp(faust.App):
         return consumer
 
 
-def create_app(topology: Topology, settings: Settings) -> PipelineApp:
-    """The Faust app of a topology. Creating it opens no connection."""
+def repartition_topic_name(group_id: str, stage_id: str) -> str:
+    return f"{group_id}-{stage_id}-repartition"
+
+
+def group_id_for(topology: Topology, settings: Settings) -> str:
+    return settings.group_id or f"pipeline-{topology.name}"
+
+
+def create_app(
+    topology: Topology, settings: Settings, *, source_partitions: int | None = None
+) -> PipelineApp:
+    """The Faust app of a topology. Creating it opens no connection.
+
+    ``source_partitions`` is the source topic's real partition count (it may differ from the
+    declared one when the topic existed before); tables and repartition topics must match it.
+    """
     processor = Processor(topology)
     output = OutputProducer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -81,10 +101,14 @@ def create_app(topology: Topology, settings: Settings) -> PipelineApp:
     )
     agent = TopologyAgent(processor, output)
     source = topology.spec.source
+    partitions = source_partitions or source.partitions
+    group_id = group_id_for(topology, settings)
+    dedupe_stages = [s for s in processor.middle if isinstance(s, DedupeStage)]
+    repartition_topics = [repartition_topic_name(group_id, s.id) for s in dedupe_stages]
     app = PipelineApp(
-        settings.group_id or f"pipeline-{topology.name}",
+        group_id,
         agent=agent,
-        batch_topics=[source.topic],
+        batch_topics=[source.topic, *repartition_topics],
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir / topology.name),
@@ -98,10 +122,38 @@ def create_app(topology: Topology, settings: Settings) -> PipelineApp:
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=source.partitions,
         stream_wait_empty=True,
+        # Tables and topics hold raw bytes: the batch path encodes keys and values itself.
+        key_serializer="raw",
+        value_serializer="raw",
     )
-    source_topic = app.topic(source.topic, key_serializer="raw", value_serializer="raw")
-    # Subscribe without a Faust stream: the batch consumer delivers it to the agent.
-    app.topics.add(source_topic)
+    # Subscribe without Faust streams: the batch consumer delivers these to the agent.
+    for name in [source.topic, *repartition_topics]:
+        app.topics.add(app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions))
+
+    for stage, repartition in zip(dedupe_stages, repartition_topics, strict=True):
+        window_ms = int(stage.config.window * 1000)
+        table = app.Table(
+            f"dedupe-{stage.id}",  # stable: named by the stage id, never by code location
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            # The broker forgets changelog records a while after they expire.
+            extra_topic_configs={
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(window_ms + 3_600_000),
+            },
+        )
+        store = TableDedupeStore(table, output)
+        stage.store = store
+        stage.partitioner = OwnerPartitioner(partitions=partitions, repartition_topic=repartition)
+        stage.repartition_topic = repartition
+        agent.stores.append(store)
+
+        @app.timer(interval=60.0, on_leader=False)
+        async def sweep_expired(store: TableDedupeStore = store) -> None:
+            removed = store.sweep(int(time.time() * 1000))
+            if removed:
+                log.info("dedupe: forgot %d expired keys", removed)
 
     @app.timer(interval=10.0, on_leader=False)
     async def report_progress() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -61,6 +61,10 @@ class OutputProducer:
         if err is not None:
             self._failures.append(err)
 
+    def record_failure(self, err: KafkaError) -> None:
+        """A delivery failure seen by another callback (changelogs): fails the batch."""
+        self._failures.append(err)
+
     def produce_all(self, outputs: Sequence[Output]) -> None:
         """Enqueue every output (blocking only while librdkafka's local queue is full)."""
         produce = self._producer.produce
@@ -74,6 +78,19 @@ class OutputProducer:
                 except BufferError:
                     self._producer.poll(0.05)
             sent[topic] += 1
+
+    def produce_to_partition(
+        self, topic: str, key: bytes, value: bytes, partition: int, on_delivery: Any
+    ) -> None:
+        """Enqueue one message to an explicit partition (table changelogs)."""
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, partition=partition, on_delivery=on_delivery
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)
 
     def wait_delivered(self) -> None:
         """Block until everything enqueued is acknowledged; raise if anything failed."""

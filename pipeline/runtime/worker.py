@@ -7,12 +7,43 @@ import logging
 
 import faust
 
-from pipeline.runtime.admin import ensure_topics
-from pipeline.runtime.app import create_app
+from confluent_kafka.admin import NewTopic
+
+from pipeline.runtime.admin import admin_client, ensure_topics, existing_topics
+from pipeline.runtime.app import create_app, group_id_for, repartition_topic_name
+from pipeline.stages.dedupe import DedupeConfig
 from pipeline.settings import Settings
 from pipeline.topology.model import Topology
 
 log = logging.getLogger(__name__)
+
+
+def ensure_repartition_topics(topology: Topology, settings: Settings) -> int:
+    """Create each dedupe stage's repartition topic with the source's real partition count."""
+    admin = admin_client(settings)
+    existing = existing_topics(admin)
+    partitions = existing.get(topology.spec.source.topic, topology.spec.source.partitions)
+    group_id = group_id_for(topology, settings)
+    missing = [
+        NewTopic(
+            repartition_topic_name(group_id, stage.id),
+            num_partitions=partitions,
+            replication_factor=topology.spec.source.replication_factor,
+            config={"retention.ms": str(7 * 86_400_000)},
+        )
+        for stage in topology.spec.stages
+        if isinstance(topology.stage_configs.get(stage.id), DedupeConfig)
+        and repartition_topic_name(group_id, stage.id) not in existing
+    ]
+    if missing:
+        for name, future in admin.create_topics(missing).items():
+            try:
+                future.result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - a concurrent worker may have won the race
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+            log.info("created repartition topic %s", name)
+    return partitions
 
 
 def tune_gc() -> None:
@@ -31,8 +62,9 @@ def run_worker(topology: Topology, settings: Settings) -> int:
     created = ensure_topics(topology, settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
+    partitions = ensure_repartition_topics(topology, settings)
     (settings.data_dir / topology.name).mkdir(parents=True, exist_ok=True)
-    app = create_app(topology, settings)
+    app = create_app(topology, settings, source_partitions=partitions)
     tune_gc()
     worker = faust.Worker(
         app,

@@ -175,8 +175,12 @@ class _CompiledRule:
 
 
 class RouteStage:
-    def __init__(self, stage_id: str, config: RouteConfig) -> None:
+    def __init__(
+        self, stage_id: str, config: RouteConfig, *, pipeline_meta: dict[str, str] | None = None
+    ) -> None:
         self.id = stage_id
+        # Stamped on every routed event: which pipeline and topology made it.
+        self._meta = pipeline_meta or {}
         self._rules = [_CompiledRule(r) for r in config.rules]
         self._default = config.default
         # Rules that look only at the event name give the same answer for every event of that
@@ -203,12 +207,20 @@ class RouteStage:
         topic_for = self.topic_for
         emit = ctx.emit
         dumps = orjson.dumps
+        now_ms = ctx.now_ms
+        meta = self._meta
         for item in items:
-            emit(topic_for(item.event), item.message.key, dumps(item.event))
+            event = item.event
+            event["processed_at"] = now_ms
+            event["pipeline"] = meta
+            emit(topic_for(event), item.message.key, dumps(event))
 
 
 def _build(stage_id: str, config: RouteConfig, topology: Topology) -> RouteStage:
-    return RouteStage(stage_id, config)
+    from pipeline import __version__
+
+    meta = {"version": __version__, "topology": topology.name, "topology_version": topology.version}
+    return RouteStage(stage_id, config, pipeline_meta=meta)
 
 
 STAGE_TYPE = StageType(

@@ -71,9 +71,13 @@ def test_clock_is_read_once_per_batch(example_topology: Topology) -> None:
 
 
 def test_stages_are_built_from_the_topology(processor: Processor) -> None:
-    assert processor.stage_ids == ["validate", "route"]
+    ids = [s.id for s in processor.topology.spec.stages]
+    assert processor.stage_ids == ids
+    assert ids[0] == "validate" and ids[-1] == "route"
     assert processor.source.id == "validate"
-    assert processor.middle == []
+    assert processor.sink.id == "route"
+    full = Processor(processor.topology)
+    assert [s.id for s in full.middle] == ids[1:-1], "middle stages in topology order"
     assert processor.sink.id == "route"
 
 

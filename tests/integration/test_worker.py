@@ -90,7 +90,8 @@ def check_outputs_match_inputs(topology, *, allow_duplicates: bool = False) -> d
         if position in dead_positions:
             continue
         event = orjson.loads(r.value)
-        expected_valid[(r.key, event["event_id"])] += 1
+        # Dedupe: every event_id once, however often it was sent.
+        expected_valid[(r.key, event["event_id"])] = 1
     got_valid = Counter()
     for r in valid:
         event = orjson.loads(r.value)
@@ -101,9 +102,9 @@ def check_outputs_match_inputs(topology, *, allow_duplicates: bool = False) -> d
         assert set(got_valid) == set(expected_valid), "an input event is missing from the outputs"
         assert set(dead_positions) | set(expected_valid) and all(n >= 1 for n in dead_positions.values())
     else:
-        assert got_valid == expected_valid, "each valid input appears exactly once"
+        assert got_valid == expected_valid, "each valid event_id appears exactly once"
         assert all(n == 1 for n in dead_positions.values()), "each invalid input dead-lettered once"
-        assert len(outputs) == len(inputs)
+        assert len(dead) + len(valid) == len(dead_positions) + len(expected_valid)
     return dict(per_topic)
 
 
@@ -111,13 +112,15 @@ def test_every_input_reaches_exactly_one_output(kafka_broker: str, tmp_path: Pat
     topology = make_topology(tmp_path)
     ensure_source(topology)
     profile = TrafficProfile(seed=7, invalid_fraction=0.05, duplicate_fraction=0.01)
-    records = [(r.key, r.value) for r in generate(3000, profile)] + HOSTILE
+    generated = list(generate(3000, profile))
+    records = [(r.key, r.value) for r in generated] + HOSTILE
     sent = send(topology, records)
+    expected = sent - sum(1 for r in generated if r.kind == "duplicate")
 
     worker = WorkerProcess(topology).start(tmp_path)
     try:
-        total = wait_for_total(topology.outputs, sent, timeout=120)
-        assert total == sent, worker.log()[-3000:]
+        total = wait_for_total(topology.outputs, expected, timeout=120)
+        assert total == expected, worker.log()[-3000:]
         assert worker.terminate() == 0, worker.log()[-3000:]
     finally:
         worker.kill()
@@ -131,7 +134,9 @@ def test_every_input_reaches_exactly_one_output(kafka_broker: str, tmp_path: Pat
 def test_sigterm_mid_stream_then_restart_loses_nothing(kafka_broker: str, tmp_path: Path) -> None:
     topology = make_topology(tmp_path)
     ensure_source(topology)
-    sent = send(topology, ((r.key, r.value) for r in generate(60_000, TrafficProfile(seed=11))))
+    generated = list(generate(60_000, TrafficProfile(seed=11)))
+    sent = send(topology, ((r.key, r.value) for r in generated))
+    expected = sent - sum(1 for r in generated if r.kind == "duplicate")
 
     first = WorkerProcess(topology)
     # Small batches so the stop lands in the middle of the stream.
@@ -145,12 +150,12 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(kafka_broker: str, tmp_pa
             time.sleep(0.2)
         assert first.terminate() == 0, first.log()[-3000:]
         stopped_at = sum(topic_size(t) for t in topology.outputs)
-        assert 0 < stopped_at < sent, "the stop should land mid-stream"
+        assert 0 < stopped_at < expected, "the stop should land mid-stream"
 
         second = WorkerProcess(topology).start(tmp_path)
         try:
-            total = wait_for_total(topology.outputs, sent, timeout=180)
-            assert total >= sent, second.log()[-3000:]
+            total = wait_for_total(topology.outputs, expected, timeout=180)
+            assert total >= expected, second.log()[-3000:]
             assert second.terminate() == 0
         finally:
             second.kill()
@@ -159,3 +164,49 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(kafka_broker: str, tmp_pa
         first.kill()
     # A graceful stop finishes, delivers and commits the batch in hand: no loss, no duplicate.
     check_outputs_match_inputs(topology)
+
+
+def test_duplicates_before_and_after_a_restart_are_dropped(kafka_broker: str, tmp_path: Path) -> None:
+    """Dedupe state lives in a Faust table and is recovered from its changelog on restart.
+
+    Resends arrive keyed as the original, keyed by another identity, and unkeyed: all are caught
+    (the worker forwards mis-partitioned events through the repartition topic first).
+    """
+    topology = make_topology(tmp_path)
+    ensure_source(topology)
+    originals = [r for r in generate(2000, TrafficProfile(seed=21, invalid_fraction=0, duplicate_fraction=0))]
+    first_half = [(r.key, r.value) for r in originals]
+    # Resent in the same run: same key, another key, no key.
+    resends_before = [(r.key, r.value) for r in originals[:100]]
+    resends_before += [(b"someone-else", r.value) for r in originals[100:150]]
+    resends_before += [(None, r.value) for r in originals[150:200]]
+    send(topology, first_half + resends_before)
+
+    worker = WorkerProcess(topology).start(tmp_path)
+    try:
+        assert wait_for_total(topology.outputs, len(originals), timeout=120) >= len(originals)
+        time.sleep(3)  # let any wrongly kept duplicate arrive before counting
+        assert sum(topic_size(t) for t in topology.outputs) == len(originals), worker.log()[-3000:]
+        assert worker.terminate() == 0
+    finally:
+        worker.kill()
+
+    # After a restart the state comes back from the changelog: resends are still dropped.
+    resends_after = [(r.key, r.value) for r in originals[200:300]]
+    resends_after += [(b"another-key", r.value) for r in originals[300:350]]
+    fresh = list(generate(200, TrafficProfile(seed=22, invalid_fraction=0, duplicate_fraction=0)))
+    send(topology, resends_after + [(r.key, r.value) for r in fresh])
+    expected = len(originals) + len(fresh)
+    worker = WorkerProcess(topology).start(tmp_path)
+    try:
+        assert wait_for_total(topology.outputs, expected, timeout=120) >= expected
+        time.sleep(3)
+        assert sum(topic_size(t) for t in topology.outputs) == expected, worker.log()[-3000:]
+        assert worker.terminate() == 0
+    finally:
+        worker.kill()
+
+    outputs = consume_all(topology.outputs)
+    ids = Counter(orjson.loads(r.value)["event_id"] for r in outputs)
+    assert all(n == 1 for n in ids.values())
+    assert len(ids) == expected

@@ -264,6 +264,7 @@ def test_field_names_with_dots_are_paths_not_keys() -> None:
 class FakeContext:
     def __init__(self) -> None:
         self.outputs: list[tuple[str, bytes | None, bytes]] = []
+        self.now_ms = 1_795_000_000_000
 
     def emit(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.outputs.append((topic, key, value))
@@ -279,9 +280,10 @@ def test_emit_writes_json_with_the_original_key() -> None:
     ]
     ctx = FakeContext()
     route.emit(items, ctx)  # type: ignore[arg-type]
+    stamp = {"processed_at": ctx.now_ms, "pipeline": {}}
     assert [(t, k, orjson.loads(v)) for t, k, v in ctx.outputs] == [
-        ("ta", b"k1", {"event": "a", "n": 1}),
-        ("other", None, {"event": "b", "n": 2}),
+        ("ta", b"k1", {"event": "a", "n": 1, **stamp}),
+        ("other", None, {"event": "b", "n": 2, **stamp}),
     ]
 
 

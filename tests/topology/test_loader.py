@@ -24,7 +24,10 @@ AVRO = REPO / "avro"
 def base() -> dict[str, Any]:
     """The shipped topology as data, with absolute schema paths."""
     text = EXAMPLE.read_text(encoding="utf-8").replace("../avro/", f"{AVRO}/")
-    return yaml.safe_load(text)
+    data = yaml.safe_load(text)
+    # These tests address stages by position: keep the two that every topology has.
+    data["stages"] = [s for s in data["stages"] if s["type"] in ("validate", "route")]
+    return data
 
 
 @pytest.fixture
@@ -80,7 +83,8 @@ def test_shipped_example_loads_cleanly() -> None:
     topology = load_topology(EXAMPLE, env={})
     assert topology.name == "ecommerce"
     assert topology.version == "1"
-    assert [s.id for s in topology.spec.stages] == ["validate", "route"]
+    ids = [s.id for s in topology.spec.stages]
+    assert ids[0] == "validate" and ids[-1] == "route" and "dedupe" in ids
     assert isinstance(topology.stage_config("validate"), ValidateConfig)
     assert isinstance(topology.stage_config("route"), RouteConfig)
     assert set(topology.output_topics) == {
