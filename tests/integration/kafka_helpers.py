@@ -158,10 +158,10 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def start(self, tmp_path: Path, *extra: str) -> "WorkerProcess":
+    def start(self, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> "WorkerProcess":
         self.log_path = tmp_path / f"worker-{self.web_port}.log"
         log = self.log_path.open("ab")
-        env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "state")}
+        env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "state"), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "worker", str(self.topology.path),
              "--broker", BOOTSTRAP, "--web-port", str(self.web_port),

@@ -166,7 +166,10 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(kafka_broker: str, tmp_pa
     check_outputs_match_inputs(topology)
 
 
-def test_duplicates_before_and_after_a_restart_are_dropped(kafka_broker: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_duplicates_before_and_after_a_restart_are_dropped(
+    kafka_broker: str, tmp_path: Path, store: str
+) -> None:
     """Dedupe state lives in a Faust table and is recovered from its changelog on restart.
 
     Resends arrive keyed as the original, keyed by another identity, and unkeyed: all are caught
@@ -182,7 +185,7 @@ def test_duplicates_before_and_after_a_restart_are_dropped(kafka_broker: str, tm
     resends_before += [(None, r.value) for r in originals[150:200]]
     send(topology, first_half + resends_before)
 
-    worker = WorkerProcess(topology).start(tmp_path)
+    worker = WorkerProcess(topology).start(tmp_path, env={"PIPELINE_STORE": store})
     try:
         assert wait_for_total(topology.outputs, len(originals), timeout=120) >= len(originals)
         time.sleep(3)  # let any wrongly kept duplicate arrive before counting
@@ -197,7 +200,7 @@ def test_duplicates_before_and_after_a_restart_are_dropped(kafka_broker: str, tm
     fresh = list(generate(200, TrafficProfile(seed=22, invalid_fraction=0, duplicate_fraction=0)))
     send(topology, resends_after + [(r.key, r.value) for r in fresh])
     expected = len(originals) + len(fresh)
-    worker = WorkerProcess(topology).start(tmp_path)
+    worker = WorkerProcess(topology).start(tmp_path, env={"PIPELINE_STORE": store})
     try:
         assert wait_for_total(topology.outputs, expected, timeout=120) >= expected
         time.sleep(3)
