@@ -9,8 +9,9 @@ as MaxMind's own are, and carry the ``database_type`` that the readers check.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
@@ -91,9 +92,7 @@ def city_record(
 
 
 def write_city_db(path: Path, records: Mapping[str, Mapping[str, Any]]) -> Path:
-    return write_mmdb(
-        path, records, database_type="GeoIP2-City", languages=("de", "en", "fr")
-    )
+    return write_mmdb(path, records, database_type="GeoIP2-City", languages=("de", "en", "fr"))
 
 
 def write_asn_db(path: Path, records: Mapping[str, tuple[int, str]]) -> Path:

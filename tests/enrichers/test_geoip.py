@@ -16,8 +16,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import geoip2.database
 import geoip2.errors
@@ -107,7 +108,7 @@ def make(tmp_path: Path, clock: Callable[[], float] = time.time, **config: Any) 
 
 
 def geo_of(enricher: GeoipEnricher, ip: Any) -> tuple[Outcome, dict[str, Any] | None]:
-    event = {"event": "page_viewed", "context": {"ip": ip}}
+    event: dict[str, Any] = {"event": "page_viewed", "context": {"ip": ip}}
     outcome = enricher.enrich(event)
     return outcome, event["context"].get("geo")
 
@@ -168,7 +169,7 @@ def test_public_address_not_in_the_database_is_a_miss(tmp_path: Path, city_db: P
 
 
 def test_locale_with_english_fallback(tmp_path: Path, city_db: Path) -> None:
-    outcome, geo = geo_of(make(tmp_path, city_db=str(city_db), locale="de"), "81.2.69.1")
+    _, geo = geo_of(make(tmp_path, city_db=str(city_db), locale="de"), "81.2.69.1")
     assert geo is not None
     assert geo["country_name"] == "Vereinigtes Königreich"
     assert geo["region"] == "England"  # no German name in the record: English
@@ -335,9 +336,7 @@ def test_cached_results_are_copied_per_event(
 # --------------------------------------------------------------------------------- reload
 
 
-def test_reload_when_the_file_is_replaced(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_reload_when_the_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write_city_db(tmp_path / "city.mmdb", {"81.2.69.0/24": LONDON})
     clock = FakeClock()
     enricher = make(tmp_path, clock, city_db="city.mmdb", reload_check_interval="60s")
@@ -390,8 +389,11 @@ def test_reload_of_the_asn_database_alone(tmp_path: Path, city_db: Path) -> None
 
 
 def test_no_city_database_configured(tmp_path: Path) -> None:
-    for config in ({}, {"city_db": ""}, {"city_db": "  "}):
-        with pytest.raises(EnricherUnavailable, match=r"no city database configured \(set GEOIP_CITY_DB\)"):
+    configs: list[dict[str, Any]] = [{}, {"city_db": ""}, {"city_db": "  "}]
+    for config in configs:
+        with pytest.raises(
+            EnricherUnavailable, match=r"no city database configured \(set GEOIP_CITY_DB\)"
+        ):
             make(tmp_path, **config)
 
 
@@ -437,7 +439,8 @@ def test_wrong_database_types(tmp_path: Path, city_db: Path) -> None:
     with pytest.raises(EnricherUnavailable, match="anonymous_ip database"):
         make(tmp_path, city_db=str(city_db), anonymous_ip_db=str(asn))
     country = write_mmdb(
-        tmp_path / "country.mmdb", {"1.0.0.0/24": {"country": {"iso_code": "AU"}}},
+        tmp_path / "country.mmdb",
+        {"1.0.0.0/24": {"country": {"iso_code": "AU"}}},
         database_type="GeoLite2-Country",
     )
     with pytest.raises(EnricherUnavailable, match="'GeoLite2-Country' database"):
@@ -457,7 +460,8 @@ def test_config_defaults() -> None:
     assert (config.city_db, config.asn_db, config.anonymous_ip_db) == ("", "", "")
     assert config.reload_check_interval == 60.0 and config.locale == "en"
     assert config.cache_size > 0
-    assert GeoipConfig(reload_check_interval="5m").reload_check_interval == 300.0
+    five = GeoipConfig.model_validate({"reload_check_interval": "5m"})
+    assert five.reload_check_interval == 300.0
     assert enricher_type("geoip").config_model is GeoipConfig
 
 
@@ -491,7 +495,11 @@ def _ipaddress_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]
             if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
                 nets.append(value)
             elif isinstance(value, (list, tuple)):
-                nets.extend(v for v in value if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)))
+                nets.extend(
+                    v
+                    for v in value
+                    if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+                )
     assert len(nets) > 20
     return nets
 
@@ -553,9 +561,7 @@ GEO_STAGE = """\
 def topology_file(tmp_path: Path, *, optional: bool = True, config: str = "") -> Path:
     text = (REPO / "topologies" / "ecommerce.yaml").read_text(encoding="utf-8")
     text = text.replace("../avro/", f"{REPO / 'avro'}/")
-    stage = GEO_STAGE.format(
-        extra="    optional: true\n" if optional else "", config=config
-    )
+    stage = GEO_STAGE.format(extra="    optional: true\n" if optional else "", config=config)
     marker = "  - id: route\n"
     assert marker in text
     text = text.replace(marker, stage + "\n" + marker)
@@ -630,7 +636,15 @@ def test_in_a_topology_not_optional_refuses_to_start(tmp_path: Path) -> None:
 def test_bad_config_in_a_topology_names_the_path(tmp_path: Path) -> None:
     path = topology_file(
         tmp_path,
-        config="      cache_size: lots\n      locale: xx\n      reload: 5m\n      reload_check_interval: soon",
+        config="\n".join(
+            f"      {line}"
+            for line in (
+                "cache_size: lots",
+                "locale: xx",
+                "reload: 5m",
+                "reload_check_interval: soon",
+            )
+        ),
     )
     with pytest.raises(TopologyError) as info:
         load_topology(path, env={})
@@ -646,7 +660,7 @@ def test_bad_config_in_a_topology_names_the_path(tmp_path: Path) -> None:
 
 needs_maxmind_data = pytest.mark.skipif(
     not (SHARED_GEOIP / "test-data").is_dir() or not (SHARED_GEOIP / "source-data").is_dir(),
-    reason=f"MaxMind test databases not found at {SHARED_GEOIP} (a clone of the project beside shared/)",
+    reason=f"MaxMind test databases not found at {SHARED_GEOIP} (shared/ beside the clone)",
 )
 
 
@@ -722,7 +736,7 @@ def test_conformance_city(tmp_path: Path, locale: str) -> None:
         outcome, geo = geo_of(enricher, str(address))
         assert geo is not None
         if geo["ip_type"] != "public":
-            assert outcome is Outcome.SKIPPED and classify(*unmap(*parse_ip(str(address)))) != "public"  # type: ignore[misc]
+            assert outcome is Outcome.SKIPPED, (net, address)
             not_public += 1
             continue
         assert outcome is Outcome.HIT, (net, address)
@@ -767,8 +781,10 @@ def test_conformance_known_addresses(tmp_path: Path) -> None:
 def test_conformance_asn(tmp_path: Path) -> None:
     data = SHARED_GEOIP / "test-data"
     enricher = make(
-        tmp_path, city_db=str(data / "GeoIP2-City-Test.mmdb"),
-        asn_db=str(data / "GeoLite2-ASN-Test.mmdb"), cache_size=0,
+        tmp_path,
+        city_db=str(data / "GeoIP2-City-Test.mmdb"),
+        asn_db=str(data / "GeoLite2-ASN-Test.mmdb"),
+        cache_size=0,
     )
     reference = geoip2.database.Reader(str(data / "GeoLite2-ASN-Test.mmdb"))
     checked = 0
@@ -778,10 +794,14 @@ def test_conformance_asn(tmp_path: Path) -> None:
         if geo["ip_type"] != "public":
             continue
         asn = reference.asn(str(address))
-        assert (geo["asn"], geo["as_org"]) == (
-            record.get("autonomous_system_number"),
-            record.get("autonomous_system_organization"),
-        ) == (asn.autonomous_system_number, asn.autonomous_system_organization), (net, address)
+        assert (
+            (geo["asn"], geo["as_org"])
+            == (
+                record.get("autonomous_system_number"),
+                record.get("autonomous_system_organization"),
+            )
+            == (asn.autonomous_system_number, asn.autonomous_system_organization)
+        ), (net, address)
         checked += 1
     reference.close()
     assert checked >= 700
@@ -791,12 +811,20 @@ def test_conformance_asn(tmp_path: Path) -> None:
 def test_conformance_anonymous_ip(tmp_path: Path) -> None:
     data = SHARED_GEOIP / "test-data"
     enricher = make(
-        tmp_path, city_db=str(data / "GeoIP2-City-Test.mmdb"),
-        anonymous_ip_db=str(data / "GeoIP2-Anonymous-IP-Test.mmdb"), cache_size=0,
+        tmp_path,
+        city_db=str(data / "GeoIP2-City-Test.mmdb"),
+        anonymous_ip_db=str(data / "GeoIP2-Anonymous-IP-Test.mmdb"),
+        cache_size=0,
     )
     reference = geoip2.database.Reader(str(data / "GeoIP2-Anonymous-IP-Test.mmdb"))
     checked = 0
-    flags = ("is_anonymous", "is_anonymous_vpn", "is_hosting_provider", "is_public_proxy", "is_tor_exit_node")
+    flags = (
+        "is_anonymous",
+        "is_anonymous_vpn",
+        "is_hosting_provider",
+        "is_public_proxy",
+        "is_tor_exit_node",
+    )
     for net, address, record in _expected(_source("GeoIP2-Anonymous-IP-Test.json")):
         _, geo = geo_of(enricher, str(address))
         assert geo is not None
@@ -804,9 +832,11 @@ def test_conformance_anonymous_ip(tmp_path: Path) -> None:
             assert geo["is_anonymous"] is None
             continue
         model = reference.anonymous_ip(str(address))
-        assert [geo[f] for f in flags] == [bool(record.get(f)) for f in flags] == [
-            getattr(model, f) for f in flags
-        ], (net, address)
+        assert (
+            [geo[f] for f in flags]
+            == [bool(record.get(f)) for f in flags]
+            == [getattr(model, f) for f in flags]
+        ), (net, address)
         checked += 1
     reference.close()
     assert checked >= 10
@@ -838,70 +868,100 @@ def test_equal_to_geoip2_on_generated_traffic(tmp_path: Path) -> None:
     enricher = make(tmp_path, city_db=str(path), cache_size=0)
     with geoip2.database.Reader(str(path)) as reference:
         for ip in ips:
-            outcome, geo = geo_of(enricher, ip)
+            _, geo = geo_of(enricher, ip)
             assert geo is not None and geo["ip_type"] == "public"
             expected = _via_geoip2(reference, ip)
             assert _ours(geo, expected) == expected, ip
     enricher.close()
 
 
-def bench() -> None:
-    """Per-event µs on generated traffic with GeoLite2-City (2018): geoip2 vs this enricher."""
+class _Geoip2Enricher(GeoipEnricher):
+    """The same enricher with geoip2's ``Reader.city()`` for the lookup (the comparison)."""
+
+    def __init__(self, config: GeoipConfig, context: EnricherContext) -> None:
+        self._reference = geoip2.database.Reader(config.city_db)
+        super().__init__(config, context)
+
+    def lookup(self, ip: str) -> tuple[Outcome, dict[str, Any]]:
+        parsed = parse_ip(ip)
+        if parsed is None:
+            return Outcome.SKIPPED, empty("invalid")
+        version, value = unmap(*parsed)
+        ip_type = classify(version, value)
+        if ip_type != "public":
+            return Outcome.SKIPPED, empty(ip_type)
+        address = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+        geo = {**empty("public"), **_via_geoip2(self._reference, address)}  # type: ignore[arg-type]
+        return (Outcome.HIT if geo["found"] else Outcome.MISS), geo
+
+    def close(self) -> None:
+        super().close()
+        self._reference.close()
+
+
+def bench(rounds: int = 5) -> None:
+    """Per-event µs on generated traffic with GeoLite2-City (2018): geoip2 vs this enricher.
+
+    Interleaved rounds, best of each: the machine is shared and noisy. ``baseline`` is the part
+    no implementation avoids (reading the event, writing a fresh ``geo`` dict into it).
+    """
     path = _geolite2_path()
     if path is None:
         sys.exit("pip install maxminddb-geolite2 first")
-    ips = _traffic_ips()
-    print(f"{len(ips)} events, {len(set(ips))} distinct IPs, database {path.name}")
-    reference = geoip2.database.Reader(str(path))
+    from pipeline.traffic import TrafficProfile, generate
 
-    def via_geoip2(ip: str) -> Any:
-        try:
-            return reference.city(ip)
-        except geoip2.errors.AddressNotFoundError:
-            return None
+    events = [
+        orjson.loads(r.value) for r in generate(20_000, TrafficProfile()) if r.kind == "valid"
+    ]
+    ips = [e["context"].get("ip") for e in events]
+    print(
+        f"{len(events)} valid events, {len(set(ips))} distinct IPs, "
+        f"cache hit rate {1 - len(set(ips)) / len(ips):.0%}; database {path.name}"
+    )
+    template = empty("public")
 
-    def per_event(fn: Callable[[], None], repeat: int = 5) -> float:
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        return best / len(ips) * 1e6
+    def baseline() -> None:
+        for event in events:
+            context = event.get("context")
+            if context.get("ip"):
+                context["geo"] = template.copy()
 
-    events = [{"context": {"ip": ip}} for ip in ips]
+    def enricher(kind: type[GeoipEnricher], cache_size: int, warm: bool) -> Callable[[], None]:
+        config = GeoipConfig(city_db=str(path), cache_size=cache_size)
+        built = kind(config, EnricherContext()) if warm else None
+        if built is not None:
+            for event in events:
+                built.enrich(event)
 
-    def run_enricher(cache_size: int) -> Callable[[], None]:
         def go() -> None:
-            enricher = GeoipEnricher(
-                GeoipConfig(city_db=str(path), cache_size=cache_size), EnricherContext()
-            )
-            enrich = enricher.enrich
+            e = built or kind(config, EnricherContext())
+            enrich = e.enrich
             for event in events:
                 enrich(event)
-            enricher.close()
+            if built is None:
+                e.close()
 
         return go
 
-    results = {
-        "geoip2 Reader.city() (C extension), uncached": per_event(lambda: [via_geoip2(ip) for ip in ips]),
-        "geoip2 Reader.city() behind lru_cache(20000)": per_event(
-            lambda: (lambda f: [f(ip) for ip in ips])(__import__("functools").lru_cache(20000)(via_geoip2))
+    variants: dict[str, Callable[[], None]] = {
+        "baseline (read the event, write a geo dict)": baseline,
+        "geoip2 Reader.city(), no cache": enricher(_Geoip2Enricher, 0, False),
+        "maxminddb .get() + own mapping (this enricher), no cache": enricher(
+            GeoipEnricher, 0, False
         ),
-        "geoip enricher, cache_size=0": per_event(run_enricher(0)),
-        "geoip enricher, cache_size=20000 (cold start)": per_event(run_enricher(20_000)),
+        "geoip2 Reader.city(), cache 20000 from empty": enricher(_Geoip2Enricher, 20_000, False),
+        "this enricher, cache 20000 from empty": enricher(GeoipEnricher, 20_000, False),
+        "this enricher, cache 20000 warm (every IP a hit)": enricher(GeoipEnricher, 20_000, True),
     }
-    warm = GeoipEnricher(GeoipConfig(city_db=str(path)), EnricherContext())
-    for event in events:
-        warm.enrich(event)
-
-    def warm_run() -> None:
-        for event in events:
-            warm.enrich(event)
-
-    results["geoip enricher, cache_size=20000 (warm: all hits)"] = per_event(warm_run)
-    base = results["geoip2 Reader.city() (C extension), uncached"]
-    for name, us in results.items():
-        print(f"{us:8.2f} µs/event  {base / us:5.1f}x  {name}")
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / len(events) * 1e6)
+    reference = best["geoip2 Reader.city(), no cache"]
+    for name, us in best.items():
+        print(f"{us:8.2f} µs/event  {reference / us:5.1f}x vs geoip2 uncached  {name}")
 
 
 if __name__ == "__main__":
