@@ -28,6 +28,7 @@ class Processor:
     def __init__(self, topology: Topology, *, clock: Callable[[], float] = time.time) -> None:
         self.topology = topology
         self._clock = clock
+        topology.clock = clock
         spec = topology.spec
         self._dead_letter = DeadLetterBuilder(
             topic=spec.dead_letter.topic,
@@ -43,6 +44,20 @@ class Processor:
         self.middle = stages[1:-1]
         self.sink = stages[-1]
         self.stage_ids = [s.id for s in spec.stages]
+
+    def close(self) -> None:
+        """Release what stages hold (database readers, caches)."""
+        for stage in (self.source, *self.middle, self.sink):
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
+
+    def statuses(self) -> dict[str, str]:
+        """Stage id → ``enabled`` / ``disabled: why``, for start-up logs and metrics."""
+        return {
+            stage.id: stage.status() if hasattr(stage, "status") else "enabled"
+            for stage in (self.source, *self.middle, self.sink)
+        }
 
     def new_context(self) -> BatchContext:
         return BatchContext(now_ms=int(self._clock() * 1000), dead_letter=self._dead_letter)

@@ -15,7 +15,7 @@ Two signals, tried in order:
    crawler-user-agents list (its header names the source commit and carries the licence),
    regenerated with ``scripts/update_crawler_list.py``. ``patterns_file`` replaces it with
    another file, in that layout or in crawler-user-agents' own (a JSON array of
-   ``{"pattern": ...}``); ``extra_patterns`` adds regular expressions of your own.
+   ``{"pattern": ...}``); ``extra_patterns`` adds regular expressions of your own (tried first).
 
 Patterns are Python regular expressions, case-sensitive, searched anywhere in the user agent
 (as crawler-user-agents intends). The first matching entry in list order names the bot.
@@ -54,6 +54,9 @@ DottedPath = Annotated[
 
 BUILTIN_LIST = "crawlers.json"
 """The built-in crawler list, in ``pipeline/enrichers/data``."""
+
+# Enum member access costs ~0.2 us in Python 3.11: the hot path uses these.
+_HIT, _MISS, _SKIPPED, _DROP = Outcome.HIT, Outcome.MISS, Outcome.SKIPPED, Outcome.DROP
 
 _GRAM = 3
 # Typical browser user agents: an index piece that occurs in them would send every browser
@@ -255,7 +258,9 @@ class CrawlerMatcher:
             try:
                 compiled = re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"pattern {pattern!r} ({name}) is not a valid regular expression: {exc}") from None
+                raise ValueError(
+                    f"pattern {pattern!r} ({name}) is not a valid regular expression: {exc}"
+                ) from None
             self.names.append(name)
             self._searches.append(compiled.search)
             pieces = index_pieces(pattern)
@@ -302,18 +307,18 @@ def parse_crawler_list(data: Any, origin: str) -> list[tuple[str, str]]:
     if isinstance(data, dict):
         items = data.get("crawlers")
         if not isinstance(items, list):
-            raise ValueError(f"{origin}: expected a \"crawlers\" array")
+            raise ValueError(f'{origin}: expected a "crawlers" array')
     elif isinstance(data, list):
         items = data
     else:
-        raise ValueError(f"{origin}: expected a JSON object with \"crawlers\" or an array")
+        raise ValueError(f'{origin}: expected a JSON object with "crawlers" or an array')
     entries: list[tuple[str, str]] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"{origin}: crawlers[{i}] is not an object")
         pattern = item.get("pattern")
         if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"{origin}: crawlers[{i}] has no \"pattern\" string")
+            raise ValueError(f'{origin}: crawlers[{i}] has no "pattern" string')
         name = item.get("name")
         if name is None:
             instances = item.get("instances")
@@ -348,7 +353,7 @@ class BotConfig(Strict):
     extra_patterns: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
         default_factory=list, max_length=1000
     )
-    """More regular expressions (Python syntax, case-sensitive), tried after the list; the
+    """More regular expressions (Python syntax, case-sensitive), tried before the list; the
     pattern itself is the bot's ``name``. E.g. your own uptime checker's user agent."""
     device_field: DottedPath | None = "context.device"
     """Where the ``user_agent`` enricher wrote its result; its ``is_bot`` marks a bot
@@ -409,7 +414,9 @@ def _setter(path: str) -> Callable[[dict[str, Any], Any], None]:
             if child is None:
                 child = node[part] = {}
             elif type(child) is not dict:
-                raise ValueError(f"cannot write {path}: {part} is a {type(child).__name__}, not an object")
+                raise ValueError(
+                    f"cannot write {path}: {part} is a {type(child).__name__}, not an object"
+                )
             node = child
         node[leaf] = value
 
@@ -437,8 +444,8 @@ class BotEnricher:
                 raise EnricherUnavailable(f"cannot load the built-in crawler list: {exc}") from None
             origin = f"built-in {BUILTIN_LIST}"
         try:
-            entries = parse_crawler_list(data, origin)
-            entries += [(pattern, pattern) for pattern in config.extra_patterns]
+            entries = [(pattern, pattern) for pattern in config.extra_patterns]
+            entries += parse_crawler_list(data, origin)
             self._matcher = CrawlerMatcher(entries)
         except ValueError as exc:
             raise EnricherUnavailable(f"bad crawler list: {exc}") from None
@@ -448,41 +455,61 @@ class BotEnricher:
         self._get_ua = _getter(config.source_field)
         self._get_device = _getter(config.device_field) if config.device_field else None
         self._put = _setter(config.target_field)
+        # The usual layout (context.user_agent, context.device -> context.bot) skips the helpers.
+        paths = [config.source_field, config.target_field, config.device_field or "_._"]
+        parts = [path.split(".") for path in paths]
+        self._shared_parent = (
+            (parts[0][0], parts[0][1], parts[2][1] if config.device_field else None, parts[1][1])
+            if all(len(p) == 2 for p in parts)
+            and parts[0][0] == parts[1][0]
+            and (not config.device_field or parts[2][0] == parts[0][0])
+            else None
+        )
         match = self._matcher.match
         self._lookup: Callable[[str], str | None] = (
             functools.lru_cache(maxsize=config.cache_size)(match) if config.cache_size else match
         )
 
     def enrich(self, event: dict[str, Any]) -> Outcome:
-        ua = self._get_ua(event)
+        shared = self._shared_parent
+        if shared is not None:
+            parent = event.get(shared[0])
+            if type(parent) is not dict:
+                return _SKIPPED
+            ua = parent.get(shared[1])
+            device = parent.get(shared[2]) if shared[2] is not None else None
+        else:
+            ua = self._get_ua(event)
+            device = self._get_device(event) if self._get_device is not None else None
         if type(ua) is not str or not ua:
-            return Outcome.SKIPPED
-        get_device = self._get_device
-        if get_device is not None:
-            device = get_device(event)
-            if type(device) is dict and device.get("is_bot") is True:
-                if self._drop:
-                    return Outcome.DROP
-                name = device.get("browser_family")
-                self._put(
-                    event,
-                    {
-                        "is_bot": True,
-                        "name": name if type(name) is str and name != "Other" else "Spider",
-                        "reason": "user_agent",
-                    },
-                )
-                return Outcome.HIT
-        if len(ua) > self._max:
-            ua = ua[: self._max]
-        name = self._lookup(ua)
-        if name is None:
-            self._put(event, {"is_bot": False, "name": None, "reason": None})
-            return Outcome.MISS
-        if self._drop:
-            return Outcome.DROP
-        self._put(event, {"is_bot": True, "name": name, "reason": "crawler_list"})
-        return Outcome.HIT
+            return _SKIPPED
+        if type(device) is dict and device.get("is_bot") is True:
+            if self._drop:
+                return _DROP
+            name = device.get("browser_family")
+            verdict = {
+                "is_bot": True,
+                "name": name if type(name) is str and name != "Other" else "Spider",
+                "reason": "user_agent",
+            }
+            outcome = _HIT
+        else:
+            if len(ua) > self._max:
+                ua = ua[: self._max]
+            name = self._lookup(ua)
+            if name is None:
+                verdict = {"is_bot": False, "name": None, "reason": None}
+                outcome = _MISS
+            elif self._drop:
+                return _DROP
+            else:
+                verdict = {"is_bot": True, "name": name, "reason": "crawler_list"}
+                outcome = _HIT
+        if shared is not None:
+            parent[shared[3]] = verdict
+        else:
+            self._put(event, verdict)
+        return outcome
 
     def cache_info(self) -> Any:
         """``functools`` cache statistics (hits, misses, currsize), or None without a cache."""

@@ -2,7 +2,8 @@
 
 Reads ``context.page_url`` and, when its query string carries any campaign parameter, writes::
 
-    context.campaign = {"source", "medium", "name", "term", "content", "id", "click_id", "click_id_type"}
+    context.campaign = {"source", "medium", "name", "term", "content", "id",
+                        "click_id", "click_id_type"}
 
 (every key present, null when absent), from ``utm_source``, ``utm_medium``, ``utm_campaign``
 (→ ``name``), ``utm_term``, ``utm_content``, ``utm_id`` (→ ``id``) and the first click id of
@@ -63,7 +64,7 @@ _UTM_FIELDS = {
 }
 _CLICK = "\x00click"  # internal marker field for click ids (cannot collide with a utm field)
 # C0 and C1 control characters and DEL: removed from values (they break CSVs and terminals).
-_CONTROL = dict.fromkeys([*range(0x00, 0x20), *range(0x7F, 0xA0)])
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
 
 
 class ClickId(Strict):
@@ -156,10 +157,9 @@ class CampaignEnricher:
             return Outcome.SKIPPED
         q = url.find("?")
         h = url.find("#")
-        if q < 0 or (0 <= h < q):
-            # no query string (a "?" after "#" belongs to the fragment)
-            if not self._fragment or h < 0:
-                return Outcome.MISS
+        # no query string (a "?" after "#" belongs to the fragment), and no fragment to read
+        if (q < 0 or 0 <= h < q) and (not self._fragment or h < 0):
+            return Outcome.MISS
         if len(url) > self._max_url:
             return Outcome.SKIPPED
         found: dict[str, str] = {}
@@ -172,10 +172,14 @@ class CampaignEnricher:
                 click_rank = self._scan(url[fq + 1 :], found, click_rank)
         if not found:
             return Outcome.MISS
-        try:
-            urlsplit(url)
-        except ValueError:
-            return Outcome.SKIPPED
+        # urlsplit only fails on a bad bracketed (IPv6) host or on a non-ASCII host that
+        # normalises into URL syntax: ask it only then (it costs more than the rest of a hit).
+        head = url[:q] if q >= 0 else url
+        if "[" in head or "]" in head or not head.isascii():
+            try:
+                urlsplit(url)
+            except ValueError:
+                return Outcome.SKIPPED
         source = found.get("source")
         medium = found.get("medium")
         click_value = found.get(_CLICK)

@@ -98,7 +98,11 @@ class ConsentConfig(Strict):
             if value in _PROTECTED:
                 raise ValueError(
                     f"{value!r} cannot be stripped"
-                    + (" (use keep_anonymous_id / placeholder_id)" if value == "anonymous_id" else "")
+                    + (
+                        " (use keep_anonymous_id / placeholder_id)"
+                        if value == "anonymous_id"
+                        else ""
+                    )
                 )
             check_path(value)
         return values
@@ -130,9 +134,7 @@ class ConsentEnricher:
         # Type-aware lookup sets: True == 1 and hash(True) == hash(1) in Python, so booleans
         # and numbers are kept apart.
         self._denied_bools = frozenset(v for v in config.denied_values if type(v) is bool)
-        self._denied_numbers = frozenset(
-            v for v in config.denied_values if type(v) in (int, float)
-        )
+        self._denied_numbers = frozenset(v for v in config.denied_values if type(v) in (int, float))
         self._denied_strings = frozenset(
             v.strip().casefold() for v in config.denied_values if type(v) is str
         )
@@ -172,7 +174,9 @@ class ConsentEnricher:
             else:
                 node.pop(last, None)
         event["user_properties"] = {}
-        if not self._keep_anonymous or (not event.get("anonymous_id") and not event.get("device_id")):
+        if not self._keep_anonymous or (
+            not event.get("anonymous_id") and not event.get("device_id")
+        ):
             event["anonymous_id"] = self._placeholder
         event["consent_stripped"] = True
         return Outcome.HIT
@@ -184,7 +188,8 @@ class ConsentEnricher:
         pass
 
     def __repr__(self) -> str:
-        return f"<ConsentEnricher field={self._config.field} missing_means={self._config.missing_means}>"
+        config = self._config
+        return f"<ConsentEnricher field={config.field} missing_means={config.missing_means}>"
 
 
 ENRICHER = EnricherType(

@@ -184,7 +184,12 @@ class PiiEnricher:
             del key, key_bytes
         # (parent keys, last key, action, normalize) per field, paths split once
         self._plan = [
-            (tuple(f.path.split(".")[:-1]), f.path.rsplit(".", 1)[-1], f.action == "hash", f.normalize)
+            (
+                tuple(f.path.split(".")[:-1]),
+                f.path.rsplit(".", 1)[-1],
+                f.action == "hash",
+                f.normalize,
+            )
             for f in config.fields
         ]
         self._drop_containers = config.containers == "drop"

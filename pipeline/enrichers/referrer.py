@@ -69,7 +69,7 @@ _COUNTRY_SLD = frozenset(
     {"co", "com", "net", "org", "ac", "edu", "gov", "gob", "ne", "or", "go", "gen", "web", "nic"}
 )
 _EMAIL_MEDIUMS = frozenset({"email", "e-mail", "e_mail", "e mail"})
-_CONTROL = dict.fromkeys([*range(0x00, 0x20), *range(0x7F, 0xA0)])
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
 
 
 def _ascii_host(host: str) -> str:
@@ -83,7 +83,7 @@ def _ascii_host(host: str) -> str:
 
 
 def _strip_www(host: str) -> str:
-    return host[4:] if host.startswith("www.") else host
+    return host.removeprefix("www.")
 
 
 def _clean(raw: str, cap: int) -> str | None:
@@ -160,7 +160,7 @@ class ReferrerList:
                 if not name.strip() or len(name) > 100:
                     raise ValueError(f"{where}: a source name must be 1-100 characters")
                 if not isinstance(entry, dict) or not isinstance(entry.get("domains"), list):
-                    raise ValueError(f"{where}: expected {{\"domains\": [...]}}")
+                    raise ValueError(f'{where}: expected {{"domains": [...]}}')
                 params = entry.get("parameters", [])
                 if not isinstance(params, list) or not all(
                     isinstance(p, str) and 0 < len(p) <= 64 for p in params
@@ -175,7 +175,9 @@ class ReferrerList:
                         host, slash, path = key.partition("/")
                         key = _ascii_host(host) + slash + path
                     if not _DOMAIN_RE.match(key) or len(key) > 300:
-                        raise ValueError(f"{where}: {domain!r} is not a domain, name.* or host/path")
+                        raise ValueError(
+                            f"{where}: {domain!r} is not a domain, name.* or host/path"
+                        )
                     other = seen.get(key)
                     if other is not None and other != f"{medium}.{name}":
                         raise ValueError(f"{where}: domain {domain!r} is also listed under {other}")
@@ -268,7 +270,9 @@ class ReferrerEnricher:
             try:
                 referrers.add(load_builtin_list(), "built-in referrers.json")
             except (OSError, ValueError) as exc:
-                raise EnricherUnavailable(f"cannot load the built-in referrer list: {exc}") from None
+                raise EnricherUnavailable(
+                    f"cannot load the built-in referrer list: {exc}"
+                ) from None
         if config.extra_referrers_file:
             path = context.resolve(config.extra_referrers_file)
             try:
@@ -276,15 +280,21 @@ class ReferrerEnricher:
             except FileNotFoundError:
                 raise EnricherUnavailable(f"extra_referrers_file {path} does not exist") from None
             except (OSError, UnicodeDecodeError) as exc:
-                raise EnricherUnavailable(f"cannot read extra_referrers_file {path}: {exc}") from None
+                raise EnricherUnavailable(
+                    f"cannot read extra_referrers_file {path}: {exc}"
+                ) from None
             except ValueError as exc:
-                raise EnricherUnavailable(f"extra_referrers_file {path} is not JSON: {exc}") from None
+                raise EnricherUnavailable(
+                    f"extra_referrers_file {path} is not JSON: {exc}"
+                ) from None
             try:
                 referrers.add(data, str(path))
             except ValueError as exc:
                 raise EnricherUnavailable(f"bad referrer list: {exc}") from None
         if not len(referrers):
-            raise EnricherUnavailable("the referrer list is empty (builtin_list: false and no extra file)")
+            raise EnricherUnavailable(
+                "the referrer list is empty (builtin_list: false and no extra file)"
+            )
         self._list = referrers
         self._internal = frozenset(config.internal_hosts)
         self._internal_suffixes = tuple("." + h for h in config.internal_hosts)
@@ -297,7 +307,9 @@ class ReferrerEnricher:
             else self._classify_uncached
         )
 
-    def _classify_uncached(self, referrer: str) -> tuple[str | None, str, str, str | None, str | None]:
+    def _classify_uncached(
+        self, referrer: str
+    ) -> tuple[str | None, str, str, str | None, str | None]:
         """(host, bare ASCII host, medium, source, search term) of one referrer URL."""
         if len(referrer) > self._max_url:
             return _NO_HOST
@@ -333,7 +345,9 @@ class ReferrerEnricher:
         return (host, bare, "unknown", None, None)
 
     def _is_internal(self, bare: str, context: dict[str, Any]) -> bool:
-        if bare in self._internal or (self._internal_suffixes and bare.endswith(self._internal_suffixes)):
+        if bare in self._internal or (
+            self._internal_suffixes and bare.endswith(self._internal_suffixes)
+        ):
             return True
         page = context.get("page_url")
         if type(page) is not str or len(page) > self._max_url:
@@ -401,5 +415,6 @@ ENRICHER = EnricherType(
     name="referrer",
     config_model=ReferrerConfig,
     build=ReferrerEnricher,
-    description="Classifies context.referrer (search/social/email/internal/paid) -> context.referrer_info",
+    description="Classifies context.referrer (search, social, email, internal, paid)"
+    " -> context.referrer_info",
 )

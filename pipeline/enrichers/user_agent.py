@@ -45,6 +45,9 @@ DottedPath = Annotated[
     str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=200)
 ]
 
+# Enum member access costs ~0.2 us in Python 3.11: the hot path uses these.
+_HIT, _MISS, _SKIPPED = Outcome.HIT, Outcome.MISS, Outcome.SKIPPED
+
 DEVICE_KEYS = (
     "browser_family",
     "browser_version",
@@ -134,7 +137,9 @@ def _setter(path: str) -> Callable[[dict[str, Any], Any], None]:
             if child is None:
                 child = node[part] = {}
             elif type(child) is not dict:
-                raise ValueError(f"cannot write {path}: {part} is a {type(child).__name__}, not an object")
+                raise ValueError(
+                    f"cannot write {path}: {part} is a {type(child).__name__}, not an object"
+                )
             node = child
         node[leaf] = value
 
@@ -155,6 +160,13 @@ class UserAgentEnricher:
         self._max = config.max_length
         self._get = _getter(config.source_field)
         self._put = _setter(config.target_field)
+        source, target = config.source_field.split("."), config.target_field.split(".")
+        # The usual layout (context.user_agent -> context.device) skips the path helpers.
+        self._shared_parent = (
+            (source[0], source[1], target[1])
+            if len(source) == len(target) == 2 and source[0] == target[0]
+            else None
+        )
         self._lookup: Callable[[str], tuple[dict[str, Any], bool]] = (
             functools.lru_cache(maxsize=config.cache_size)(self._parse)
             if config.cache_size
@@ -173,14 +185,24 @@ class UserAgentEnricher:
         return device, recognised
 
     def enrich(self, event: dict[str, Any]) -> Outcome:
-        ua = self._get(event)
+        shared = self._shared_parent
+        if shared is not None:
+            parent = event.get(shared[0])
+            if type(parent) is not dict:
+                return _SKIPPED
+            ua = parent.get(shared[1])
+        else:
+            ua = self._get(event)
         if type(ua) is not str or not ua:
-            return Outcome.SKIPPED
+            return _SKIPPED
         if len(ua) > self._max:
             ua = ua[: self._max]
         device, recognised = self._lookup(ua)
-        self._put(event, device.copy())
-        return Outcome.HIT if recognised else Outcome.MISS
+        if shared is not None:
+            parent[shared[2]] = device.copy()
+        else:
+            self._put(event, device.copy())
+        return _HIT if recognised else _MISS
 
     def cache_info(self) -> Any:
         """``functools`` cache statistics (hits, misses, currsize), or None without a cache."""

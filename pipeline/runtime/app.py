@@ -94,6 +94,8 @@ def create_app(
     declared one when the topic existed before); tables and repartition topics must match it.
     """
     processor = Processor(topology)
+    for stage_id, status in processor.statuses().items():
+        log.info("stage %s: %s", stage_id, status)
     output = OutputProducer(
         bootstrap_servers=settings.bootstrap_servers,
         linger_ms=settings.producer_linger_ms,
@@ -162,6 +164,7 @@ def create_app(
     @app.on_before_shutdown.connect
     async def close_output(_app: Any, **_: Any) -> None:
         output.close()
+        processor.close()
         log.info("Stopped. %s", agent.report())
 
     return app

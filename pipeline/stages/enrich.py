@@ -122,7 +122,7 @@ def _build(stage_id: str, config: EnrichConfig, topology: Topology) -> EnrichSta
     kind = enricher_type(config.enricher)
     enricher_config = kind.config_model.model_validate(config.config)
     context = EnricherContext(
-        env=topology.env, base_dir=topology.path.parent, stage_id=stage_id
+        env=topology.env, base_dir=topology.path.parent, stage_id=stage_id, clock=topology.clock
     )
     try:
         enricher = kind.build(enricher_config, context)

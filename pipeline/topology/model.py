@@ -8,8 +8,9 @@ config model (see ``pipeline.stages``), so adding a stage type never edits this 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -151,6 +152,8 @@ class Topology:
         """Parsed Avro schemas: ``envelope``, ``dead_letter`` and ``event:<name>``."""
         self.env: Mapping[str, str] = dict(env or {})
         """The environment the topology was loaded with (enrichers read secrets from it)."""
+        self.clock: Callable[[], float] = time.time
+        """The clock stages are built with (a Processor sets its injected clock here)."""
 
     @property
     def name(self) -> str:
