@@ -2,7 +2,8 @@
 
 Writes::
 
-    context.bot = {"is_bot": bool, "name": str | null, "reason": "user_agent" | "crawler_list" | null}
+    context.bot = {"is_bot": bool, "name": str | null,
+                   "reason": "user_agent" | "crawler_list" | null}
 
 Two signals, tried in order:
 
@@ -39,9 +40,10 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Literal, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -175,15 +177,15 @@ def _literal_runs(alternative: str) -> list[str] | None:
             depth -= 1
             if depth < 0:
                 return None
-        elif c in "?*+" or (c == "{" and (repeat := _REPEAT_RE.match(alternative, i))):
-            if depth == 0 and run:
-                run.pop()  # the quantified character is optional or repeated
-            end_run()
-            if c == "{":
+        elif c in "?*+{":
+            repeat = _REPEAT_RE.match(alternative, i) if c == "{" else None
+            if c != "{" or repeat is not None:
+                if depth == 0 and run:
+                    run.pop()  # the quantified character is optional or repeated
+            end_run()  # (a "{" that starts no quantifier is literal: simply not indexed)
+            if repeat is not None:
                 i = repeat.end()
                 continue
-        elif c == "{":
-            end_run()  # a literal "{" (no quantifier follows): simply not indexed
         elif c in ".^$":
             if depth == 0:
                 end_run()
@@ -322,7 +324,10 @@ def parse_crawler_list(data: Any, origin: str) -> list[tuple[str, str]]:
         name = item.get("name")
         if name is None:
             instances = item.get("instances")
-            name = crawler_name(pattern, instances if isinstance(instances, list) else ())
+            examples = (
+                [s for s in instances if isinstance(s, str)] if isinstance(instances, list) else []
+            )
+            name = crawler_name(pattern, examples)
         elif not isinstance(name, str) or not name.strip():
             raise ValueError(f"{origin}: crawlers[{i}].name must be a non-empty string")
         entries.append((name, pattern))
@@ -455,16 +460,19 @@ class BotEnricher:
         self._get_ua = _getter(config.source_field)
         self._get_device = _getter(config.device_field) if config.device_field else None
         self._put = _setter(config.target_field)
-        # The usual layout (context.user_agent, context.device -> context.bot) skips the helpers.
-        paths = [config.source_field, config.target_field, config.device_field or "_._"]
-        parts = [path.split(".") for path in paths]
-        self._shared_parent = (
-            (parts[0][0], parts[0][1], parts[2][1] if config.device_field else None, parts[1][1])
-            if all(len(p) == 2 for p in parts)
-            and parts[0][0] == parts[1][0]
-            and (not config.device_field or parts[2][0] == parts[0][0])
-            else None
-        )
+        # The usual layout (context.user_agent, context.device -> context.bot) skips the helpers:
+        # (parent, user agent key, device key or None, target key).
+        self._shared_parent: tuple[str, str, str | None, str] | None = None
+        source = config.source_field.split(".")
+        target = config.target_field.split(".")
+        device = config.device_field.split(".") if config.device_field else None
+        if (
+            len(source) == len(target) == 2
+            and source[0] == target[0]
+            and (device is None or (len(device) == 2 and device[0] == source[0]))
+        ):
+            device_key = device[1] if device is not None else None
+            self._shared_parent = (source[0], source[1], device_key, target[1])
         match = self._matcher.match
         self._lookup: Callable[[str], str | None] = (
             functools.lru_cache(maxsize=config.cache_size)(match) if config.cache_size else match
@@ -472,6 +480,7 @@ class BotEnricher:
 
     def enrich(self, event: dict[str, Any]) -> Outcome:
         shared = self._shared_parent
+        parent: Any = None
         if shared is not None:
             parent = event.get(shared[0])
             if type(parent) is not dict:
@@ -535,5 +544,5 @@ ENRICHER = EnricherType(
     name="bot",
     config_model=BotConfig,
     build=BotEnricher,
-    description="Flags (or drops) bots and crawlers: context.device.is_bot or the crawler list -> context.bot",
+    description="Flags (or drops) bots: context.device.is_bot or the crawler list -> context.bot",
 )

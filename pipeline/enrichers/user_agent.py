@@ -16,16 +16,17 @@ that holds of ``is_bot`` -> ``bot``, ``is_tablet`` -> ``tablet``, ``is_mobile`` 
 device). The test suite checks this against ``user_agents.parse`` on every case of uap-core's
 test corpus.
 
-Why not ua-parser 1.x with ua-parser-rs on misses (30x faster): on uap-core's corpus it differs
-from ``user_agents`` in 6 of 18,213 cases. uap-core's bot rule ``^.{0,100}(bot|...|crawler|...)``
-is bounded to the first 100 characters in Python's ``re`` but the Rust engine also matches a bot
-word further on, so those six agents become ``Spider`` devices there and ``Other`` here.
+Why not ua-parser 1.x with ua-parser-rs on misses (16-30x faster): on uap-core's corpus it
+differs from ``user_agents`` in 6 of 18,213 cases. uap-core's bot rule
+``^.{0,100}(bot|...|crawler|...)`` is bounded to the first 100 characters in Python's ``re``,
+but the Rust engine also matches a bot word further on, so those six agents are ``Spider``
+devices there and ``Other`` here.
 
 Outcomes: HIT when anything was recognised; MISS when browser, OS and device are all ``Other``
 (the device is still written); SKIPPED when there is no user agent (absent, null, empty or not
 a string): then no ``device`` key is written.
 
-Cost: ``user_agents.parse`` takes 0.3-1 ms per new string, but real traffic repeats a few
+Cost: ``user_agents.parse`` takes 0.3-2 ms per new string, but real traffic repeats a few
 thousand agents, so results are cached per string in an LRU of ``cache_size`` entries; a hit
 costs a dict copy. Agents longer than ``max_length`` are cut before parsing (the cut string is
 also the cache key): uap-core's regexes take ~3 s on 100 KB of text, linearly more beyond.
@@ -34,7 +35,8 @@ also the cache key): uap-core's regexes take ~3 s on 100 KB of text, linearly mo
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -63,7 +65,7 @@ DEVICE_KEYS = (
 
 
 def device_type(ua: Any) -> str:
-    """``bot``, ``tablet``, ``mobile``, ``desktop`` or ``other`` from a ``user_agents.UserAgent``."""
+    """``bot``, ``tablet``, ``mobile``, ``desktop`` or ``other`` of a ``user_agents.UserAgent``."""
     if ua.is_bot:
         return "bot"
     if ua.is_tablet:
@@ -186,6 +188,7 @@ class UserAgentEnricher:
 
     def enrich(self, event: dict[str, Any]) -> Outcome:
         shared = self._shared_parent
+        parent: Any = None
         if shared is not None:
             parent = event.get(shared[0])
             if type(parent) is not dict:
@@ -225,5 +228,5 @@ ENRICHER = EnricherType(
     name="user_agent",
     config_model=UserAgentConfig,
     build=UserAgentEnricher,
-    description="Parses context.user_agent (browser, OS, device, type, bot) with user-agents -> context.device",
+    description="Parses context.user_agent: browser, OS, device and its type -> context.device",
 )
