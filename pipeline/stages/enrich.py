@@ -34,6 +34,9 @@ from pipeline.topology.model import Strict, Topology, TopologySpec
 
 log = logging.getLogger(__name__)
 
+# Enum member lookups cost ~0.2 µs each on the hot path; bind them once.
+_HIT, _MISS, _SKIPPED, _DROP = Outcome.HIT, Outcome.MISS, Outcome.SKIPPED, Outcome.DROP
+
 
 class EnrichConfig(Strict):
     enricher: str
@@ -93,13 +96,13 @@ class EnrichStage:
                 else:
                     kept.append(item)
                 continue
-            if outcome is Outcome.HIT:
+            if outcome is _HIT:
                 hits += 1
-            elif outcome is Outcome.MISS:
+            elif outcome is _MISS:
                 misses += 1
-            elif outcome is Outcome.SKIPPED:
+            elif outcome is _SKIPPED:
                 skipped += 1
-            elif outcome is Outcome.DROP:
+            elif outcome is _DROP:
                 counters[(stage_id, "drop")] += 1
                 continue
             kept.append(item)
