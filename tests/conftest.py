@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -14,11 +15,19 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "topologies" / "ecommerce.yaml"
 FIXED = 1_795_000_000.0
 """The injected "now" (seconds) of time-dependent tests: 2026-11-18T11:06:40Z."""
+TEST_ENV = {"PIPELINE_PII_KEY": "test-only-pii-key-0123456789abcdef"}
+"""What the shipped topology needs from the environment (its pii stage hashes with this key)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CLI and worker tests read the real environment: give them the test key too.
+    for name, value in TEST_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 @pytest.fixture(scope="session")
 def example_topology() -> Topology:
-    return load_topology(EXAMPLE, env={})
+    return load_topology(EXAMPLE, env=TEST_ENV)
 
 
 @pytest.fixture
@@ -49,6 +58,6 @@ def make_topology(tmp_path: Path, example_text: str) -> Callable[..., Topology]:
             text = text.replace(old, new)
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
-        return load_topology(path, env={})
+        return load_topology(path, env=TEST_ENV)
 
     return make

@@ -132,7 +132,7 @@ def test_check_semantic_problems(
     )
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
-    assert f"{path}: stages[{ROUTE_INDEX}].rules[1].to: topic 'errors_typo' is not declared under topics" in err
+    assert f"{path}: stages[{ROUTE_INDEX}].rules[2].to: topic 'errors_typo' is not declared under topics" in err
     assert f"{path}: dead_letter.topic: topic 'dlq' is not declared under topics" in err
     assert "2 problem(s) in 1 file(s)" in err
 

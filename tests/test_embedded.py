@@ -17,7 +17,7 @@ from pipeline.topology import Topology
 
 FIXED = 1_795_000_000.0
 NOW_MS = int(FIXED * 1000)
-TOPICS = {"revenue_events", "error_events", "processed_events", "invalid_events"}
+TOPICS = {"revenue_events", "error_events", "processed_events", "bot_events", "invalid_events"}
 
 
 def base64_or_text(record: dict) -> bytes:
@@ -205,6 +205,7 @@ def test_every_declared_topic_has_a_file_even_when_empty(
         "revenue_events": 0,
         "error_events": 0,
         "processed_events": 1,
+        "bot_events": 0,
         "invalid_events": 0,
     }
 

@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 from pydantic import BaseModel
 
+from pipeline.errors import PipelineError
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -51,7 +53,7 @@ class Enricher(Protocol):
     def close(self) -> None: ...
 
 
-class EnricherUnavailable(Exception):
+class EnricherUnavailable(PipelineError):
     """The enricher cannot start (missing or corrupt database, missing secret, ...).
 
     A clear error at start-up, unless the topology marks the stage ``optional: true``, in which

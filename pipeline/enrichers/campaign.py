@@ -37,9 +37,10 @@ Privacy: click ids identify one ad click (and so, at the ad platform, a person).
 ``context.campaign.click_id`` with the ``pii`` enricher (placed after this one) when they must
 not be stored in clear.
 
-Cost: URLs without ``?`` cost one ``str.find``; the query is split by hand and only the wanted
-values are decoded. No cache: the URLs that carry campaign parameters are mostly unique (click
-ids), so a per-URL cache would mostly miss (measured: see the report of the enricher's tests).
+Cost: a URL without ``?`` costs two ``str.find``; a query is split by hand and only the wanted
+values are decoded (about half the cost of ``urlsplit`` + ``parse_qs``; ``python -m
+tests.enrichers.test_campaign`` measures it). No cache: click ids make most tagged URLs unique;
+on generated traffic a 4,096-entry LRU hit 24% of them, saving less than the misses cost.
 """
 
 from __future__ import annotations

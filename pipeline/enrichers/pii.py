@@ -46,9 +46,10 @@ Values:
 
 Outcome: HIT when anything was hashed or dropped, SKIPPED otherwise.
 
-Cost: one HMAC per present field, prepared once (``hmac.copy()`` of a keyed state: the key
-schedule is not redone per value). No cache of hashes: it would keep personal data in clear in
-memory for no measurable gain (measured: see the report of the enricher's tests).
+Cost: one HMAC per present field, from a keyed state prepared once (``copy()`` of it is ~1.5x
+faster than ``hmac.new`` per value, and faster than ``hmac.digest``); ``python -m
+tests.enrichers.test_pii`` measures it. No cache of hashes: a value -> hash map would keep
+personal data in clear in memory, to save about 2 µs per field.
 """
 
 from __future__ import annotations

@@ -131,7 +131,9 @@ def _build(stage_id: str, config: EnrichConfig, topology: Topology) -> EnrichSta
         enricher = kind.build(enricher_config, context)
     except EnricherUnavailable as exc:
         if not config.optional:
-            raise
+            raise EnricherUnavailable(
+                f"stage {stage_id!r} (enricher {config.enricher}) cannot start: {exc}"
+            ) from None
         log.warning("enricher %s (stage %s) is disabled: %s", config.enricher, stage_id, exc)
         enricher = DisabledEnricher(str(exc))
     return EnrichStage(stage_id, config, enricher)

@@ -490,7 +490,7 @@ def test_list_order_decides_the_name() -> None:
 def topology_file(tmp_path: Path, stages: list[dict[str, Any]]) -> Path:
     """The example topology (validate and route only) with ``stages`` between them and a
     ``bots`` rule sending context.bot.is_bot == true to ``bot_events``."""
-    text = (REPO / "topologies" / "ecommerce.yaml").read_text(encoding="utf-8")
+    text = (REPO / "tests" / "enrichers" / "base_topology.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text.replace("../avro/", f"{REPO / 'avro'}/"))
     validate = next(s for s in data["stages"] if s["type"] == "validate")
     route = next(s for s in data["stages"] if s["type"] == "route")

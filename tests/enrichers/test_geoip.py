@@ -559,7 +559,7 @@ GEO_STAGE = """\
 
 
 def topology_file(tmp_path: Path, *, optional: bool = True, config: str = "") -> Path:
-    text = (REPO / "topologies" / "ecommerce.yaml").read_text(encoding="utf-8")
+    text = (REPO / "tests" / "enrichers" / "base_topology.yaml").read_text(encoding="utf-8")
     text = text.replace("../avro/", f"{REPO / 'avro'}/")
     stage = GEO_STAGE.format(extra="    optional: true\n" if optional else "", config=config)
     marker = "  - id: route\n"

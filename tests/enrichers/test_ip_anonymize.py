@@ -209,7 +209,7 @@ STAGES = """\
 
 
 def topology_file(tmp_path: Path, config: str = "      mode: truncate") -> Path:
-    text = (REPO / "topologies" / "ecommerce.yaml").read_text(encoding="utf-8")
+    text = (REPO / "tests" / "enrichers" / "base_topology.yaml").read_text(encoding="utf-8")
     text = text.replace("../avro/", f"{REPO / 'avro'}/")
     marker = "  - id: route\n"
     assert marker in text

@@ -275,7 +275,7 @@ def test_unavailable_without_the_user_agents_package(monkeypatch: pytest.MonkeyP
 
 def topology_file(tmp_path: Path, stage: dict[str, Any]) -> Path:
     """The example topology (validate and route only) with ``stage`` between them."""
-    text = (REPO / "topologies" / "ecommerce.yaml").read_text(encoding="utf-8")
+    text = (REPO / "tests" / "enrichers" / "base_topology.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text.replace("../avro/", f"{REPO / 'avro'}/"))
     validate = next(s for s in data["stages"] if s["type"] == "validate")
     route = next(s for s in data["stages"] if s["type"] == "route")

@@ -17,6 +17,7 @@ from pipeline.core.records import Item, RawMessage
 from pipeline.errors import TopologyError
 from pipeline.stages.dedupe import DedupeConfig, DedupeStage, canonical_identity
 from pipeline.topology import load_topology
+from tests.conftest import TEST_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 NOW_MS = 1_795_000_000_000
@@ -139,7 +140,7 @@ def test_bad_config_is_reported_with_its_path(tmp_path: Path, settings: dict, pa
 
 
 def test_embedded_processor_drops_resent_events(tmp_path: Path) -> None:
-    topology = load_topology(REPO / "topologies" / "ecommerce.yaml", env={})
+    topology = load_topology(REPO / "topologies" / "ecommerce.yaml", env=TEST_ENV)
     processor = Processor(topology, clock=lambda: NOW_MS / 1000)
     messages = [RawMessage(orjson.dumps(ev(n))) for n in (1, 2, 1, 3, 2)]
     ctx_ = processor.process(messages)

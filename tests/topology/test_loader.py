@@ -88,6 +88,7 @@ def test_shipped_example_loads_cleanly() -> None:
     assert isinstance(topology.stage_config("validate"), ValidateConfig)
     assert isinstance(topology.stage_config("route"), RouteConfig)
     assert set(topology.output_topics) == {
+        "bot_events",
         "revenue_events",
         "error_events",
         "processed_events",
@@ -491,7 +492,7 @@ def test_rule_with_an_empty_when(tmp_path: Path, data: dict[str, Any], when: Any
 
 
 def test_duplicate_rule_ids(tmp_path: Path, data: dict[str, Any]) -> None:
-    route(data)["rules"][1]["id"] = "revenue"
+    route(data)["rules"][1]["id"] = route(data)["rules"][0]["id"]
     the_problem(problems_of(tmp_path, data), "stages[1].rules[1].id", "duplicate rule id")
 
 
