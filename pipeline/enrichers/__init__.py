@@ -83,6 +83,8 @@ class EnricherType:
     config_model: type[BaseModel]
     build: Callable[[Any, EnricherContext], Enricher]
     description: str = ""
+    protects_privacy: bool = False
+    """A privacy enricher may not be ``optional``: running without it would leak personal data."""
 
 
 class UnknownEnricher(LookupError):

@@ -197,4 +197,5 @@ ENRICHER = EnricherType(
     config_model=ConsentConfig,
     build=ConsentEnricher,
     description="Strips personal identifiers from events without analytics consent (run it first)",
+    protects_privacy=True,
 )

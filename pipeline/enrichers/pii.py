@@ -253,4 +253,5 @@ ENRICHER = EnricherType(
     config_model=PiiConfig,
     build=PiiEnricher,
     description="Hashes (keyed HMAC-SHA256) or drops configured personal fields",
+    protects_privacy=True,
 )

@@ -49,20 +49,24 @@ class EnrichConfig(Strict):
 
 
 def _check(config: EnrichConfig, spec: TopologySpec) -> list[tuple[str, str]]:
+    from pipeline.topology.loader import _loc_to_path
+
     try:
         kind = enricher_type(config.enricher)
     except UnknownEnricher as exc:
         return [("enricher", str(exc))]
+    if config.optional and kind.protects_privacy:
+        return [("optional", f"the {kind.name} enricher protects privacy and cannot be optional")]
     try:
         kind.config_model.model_validate(config.config)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
+            loc = _loc_to_path(err["loc"])
             message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             if err["type"] == "missing":
                 message = "required key is missing"
-            problems.append((f"config.{loc}" if loc else "config", message))
+            problems.append((f"config.{loc}" if loc and not loc.startswith("[") else f"config{loc}", message))
         return problems
     return []
 

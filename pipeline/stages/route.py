@@ -213,7 +213,10 @@ class RouteStage:
             event = item.event
             event["processed_at"] = now_ms
             event["pipeline"] = meta
-            emit(topic_for(event), item.message.key, dumps(event))
+            # The source key is usually the user id: an event stripped for lack of consent must
+            # not carry it in its Kafka key either.
+            key = None if event.get("consent_stripped") else item.message.key
+            emit(topic_for(event), key, dumps(event))
 
 
 def _build(stage_id: str, config: RouteConfig, topology: Topology) -> RouteStage:

@@ -327,25 +327,23 @@ def test_in_a_topology(tmp_path: Path) -> None:
     assert ctx.counters[("pii", "skipped")] == 1 and ctx.counters[("pii", "hit")] == 2
     envelope = compile_schema(topology.schemas["envelope"])
     assert all(envelope(orjson.loads(v), "") is None for _, _, v in ctx.outputs)
-    # A known gap (see the module docstring): the output keeps the source message's key.
-    assert ctx.outputs[0][1] == b"u_123"
+    # A stripped event does not carry the user id in its Kafka key either.
+    assert ctx.outputs[0][1] is None
 
 
-def test_optional_changes_nothing(tmp_path: Path) -> None:
-    # consent needs no file or secret, so it always starts; optional: true is accepted
+def test_consent_cannot_be_optional(tmp_path: Path) -> None:
+    # A privacy stage that could be skipped would let personal data through.
     stage = STAGES.split("\n\n")[0].replace("on_error: dead_letter", "optional: true")
-    path, _ = topology_file(tmp_path, stage)
-    processor = Processor(load_topology(path, env={}), clock=lambda: NOW)
-    assert next(s for s in processor.middle if s.id == "consent").status() == "enabled"
-    ctx = processor.process([message(False)])
-    assert orjson.loads(ctx.outputs[0][2])["consent_stripped"] is True
+    path, i = topology_file(tmp_path, stage)
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path, env={})
+    assert any(p.path == f"stages[{i}].optional" for p in caught.value.problems)
 
 
 def test_bad_config_in_a_topology_names_the_path(tmp_path: Path) -> None:
     stage = """  - id: consent
     type: enrich
     enricher: consent
-    optional: true
     config:
       missing_means: maybe
       strip_fields: [anonymous_id]
