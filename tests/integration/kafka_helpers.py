@@ -54,12 +54,12 @@ def make_topology(tmp_path: Path, *, partitions: int = 4) -> TestTopology:
     prefix = f"t{uuid.uuid4().hex[:10]}_"
     text = (REPO / "topologies" / "ecommerce.yaml").read_text()
     text = text.replace("../avro/", f"{REPO}/avro/")
-    for name in ("raw_events", "revenue_events", "error_events", "processed_events", "invalid_events"):
+    for name in ("raw_events", "revenue_events", "error_events", "processed_events", "bot_events", "invalid_events"):
         text = text.replace(f"{name}", f"{prefix}{name}")
     text = text.replace("partitions: 4", f"partitions: {partitions}")
     path = tmp_path / "topology.yaml"
     path.write_text(text)
-    outputs = [f"{prefix}{n}" for n in ("revenue_events", "error_events", "processed_events", "invalid_events")]
+    outputs = [f"{prefix}{n}" for n in ("revenue_events", "error_events", "processed_events", "bot_events", "invalid_events")]
     return TestTopology(
         path=path,
         prefix=prefix,

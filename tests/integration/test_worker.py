@@ -37,9 +37,14 @@ HOSTILE = [
 
 DEAD_LETTER_SCHEMA = compile_schema(orjson.loads((REPO / "avro" / "dead_letter.avsc").read_bytes()))
 ROUTES = {"purchase_completed": "revenue_events", "error_occurred": "error_events"}
+_SHARED_GEOIP = REPO.parent / "shared" / "data" / "geoip" / "test-data" / "GeoIP2-City-Test.mmdb"
+GEOIP_DB = _SHARED_GEOIP if _SHARED_GEOIP.is_file() else None
 
 
-def expected_topic(event: str) -> str:
+def expected_topic(record: dict) -> str:
+    if record.get("context", {}).get("bot", {}).get("is_bot"):
+        return "bot_events"
+    event = record["event"]
     if event in ROUTES:
         return ROUTES[event]
     if event.startswith(("subscription_", "refund_")):
@@ -63,7 +68,9 @@ def ensure_source(topology) -> None:
     ensure_topics(load_topology(topology.path), Settings.from_env(env={}))
 
 
-def check_outputs_match_inputs(topology, *, allow_duplicates: bool = False) -> dict[str, int]:
+def check_outputs_match_inputs(
+    topology, *, allow_duplicates: bool = False, with_geo: bool = False
+) -> dict[str, int]:
     inputs = consume_all([topology.source])
     outputs = consume_all(topology.outputs)
     by_position = {(r.partition, r.offset): r for r in inputs}
@@ -96,7 +103,16 @@ def check_outputs_match_inputs(topology, *, allow_duplicates: bool = False) -> d
     for r in valid:
         event = orjson.loads(r.value)
         got_valid[(r.key, event["event_id"])] += 1
-        assert r.topic == topology.prefix + expected_topic(event["event"]), event["event"]
+        assert r.topic == topology.prefix + expected_topic(event), event["event"]
+        # Every routed event is stamped and enriched.
+        assert event["pipeline"]["topology"] == "ecommerce" and event["processed_at"] > 0
+        context = event["context"]
+        if context.get("user_agent"):
+            assert context["device"]["browser_family"], context
+        if "ip" in context:
+            assert context.get("ip_anonymized") is True
+            if with_geo:
+                assert context["geo"]["ip_type"] in ("public", "private", "reserved", "invalid", "loopback", "link_local", "multicast", "unspecified")
 
     if allow_duplicates:
         assert set(got_valid) == set(expected_valid), "an input event is missing from the outputs"
@@ -113,11 +129,16 @@ def test_every_input_reaches_exactly_one_output(kafka_broker: str, tmp_path: Pat
     ensure_source(topology)
     profile = TrafficProfile(seed=7, invalid_fraction=0.05, duplicate_fraction=0.01)
     generated = list(generate(3000, profile))
-    records = [(r.key, r.value) for r in generated] + HOSTILE
+    london = orjson.dumps({
+        "event_id": "london-1", "event": "page_viewed", "timestamp": int(time.time() * 1000),
+        "user_id": "u_london", "context": {"ip": "81.2.69.142", "user_agent": "Mozilla/5.0"},
+    })
+    records = [(r.key, r.value) for r in generated] + HOSTILE + [(b"u_london", london)]
     sent = send(topology, records)
     expected = sent - sum(1 for r in generated if r.kind == "duplicate")
 
-    worker = WorkerProcess(topology).start(tmp_path)
+    geo_env = {"GEOIP_CITY_DB": str(GEOIP_DB)} if GEOIP_DB else {}
+    worker = WorkerProcess(topology).start(tmp_path, env=geo_env)
     try:
         total = wait_for_total(topology.outputs, expected, timeout=120)
         assert total == expected, worker.log()[-3000:]
@@ -125,8 +146,12 @@ def test_every_input_reaches_exactly_one_output(kafka_broker: str, tmp_path: Pat
     finally:
         worker.kill()
 
-    per_topic = check_outputs_match_inputs(topology)
+    per_topic = check_outputs_match_inputs(topology, with_geo=GEOIP_DB is not None)
     assert per_topic["invalid_events"] >= len(HOSTILE)
+    assert per_topic["bot_events"] > 0, "the generator's crawlers are routed to bot_events"
+    if GEOIP_DB is not None:
+        london = [r for r in consume_all(topology.outputs) if b'"London"' in r.value]
+        assert london and all(orjson.loads(r.value)["context"]["geo"]["country_code"] == "GB" for r in london)
     assert per_topic["revenue_events"] > 0 and per_topic["error_events"] > 0
     assert per_topic["processed_events"] > per_topic["revenue_events"]
 
