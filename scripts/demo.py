@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -62,6 +63,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=5000)
     args = parser.parse_args()
 
+    if not os.environ.get("PIPELINE_PII_KEY"):
+        # The pii stage needs a hashing key. A throwaway one is fine for a demo; a deployment
+        # sets its own secret (see README, "Privacy").
+        os.environ["PIPELINE_PII_KEY"] = secrets.token_hex(32)
+        print("== PIPELINE_PII_KEY is not set: using a random key for this demo")
+    if not os.environ.get("GEOIP_CITY_DB"):
+        print("== GEOIP_CITY_DB is not set: the geo stage runs disabled (README: GeoIP databases)")
     topology = load_topology(args.topology)
     settings = Settings.from_env()
     outputs = list(topology.spec.topics)
@@ -81,14 +89,15 @@ def main() -> int:
         )
     try:
         profile = TrafficProfile(seed=int(time.time()), invalid_fraction=0.03, duplicate_fraction=0.01)
-        records = [(r.key, r.value) for r in generate(args.events, profile)]
-        result = produce(settings, topology.spec.source.topic, records)
+        generated = list(generate(args.events, profile))
+        resent = sum(1 for r in generated if r.kind == "duplicate")
+        result = produce(settings, topology.spec.source.topic, [(r.key, r.value) for r in generated])
         print(f"== produced {result.sent} events ({profile.invalid_fraction:.0%} invalid, {profile.duplicate_fraction:.0%} resent) to {topology.spec.source.topic}")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             now = sizes(settings, outputs)
             done = sum(now.values()) - sum(before.values())
-            if done >= result.sent:
+            if done >= result.sent - resent:
                 break
             if worker.poll() is not None:
                 print(f"!! the worker exited with {worker.returncode}; see {log_path}")
@@ -106,7 +115,7 @@ def main() -> int:
     width = max(len(t) for t in outputs)
     for topic in outputs:
         print(f"  {topic:<{width}}  {now[topic] - before[topic]:>6}")
-    print(f"  {'total':<{width}}  {sum(now.values()) - sum(before.values()):>6}  (= events produced)")
+    print(f"  {'total':<{width}}  {sum(now.values()) - sum(before.values()):>6}  (= {result.sent} produced - {resent} resent, dropped by dedupe)")
     sample = last_record(settings, topology.spec.dead_letter.topic)
     if sample:
         print("\n== a dead letter, as downstream tooling sees it")

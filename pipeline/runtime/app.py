@@ -77,6 +77,16 @@ class PipelineApp(faust.App):
         return consumer
 
 
+def _sweeper(store: TableDedupeStore) -> Any:
+    # Faust passes the app to timers that take an argument: close over the store instead.
+    async def sweep_expired() -> None:
+        removed = store.sweep(int(time.time() * 1000))
+        if removed:
+            log.info("dedupe: forgot %d expired keys", removed)
+
+    return sweep_expired
+
+
 def repartition_topic_name(group_id: str, stage_id: str) -> str:
     return f"{group_id}-{stage_id}-repartition"
 
@@ -151,11 +161,7 @@ def create_app(
         stage.repartition_topic = repartition
         agent.stores.append(store)
 
-        @app.timer(interval=60.0, on_leader=False)
-        async def sweep_expired(store: TableDedupeStore = store) -> None:
-            removed = store.sweep(int(time.time() * 1000))
-            if removed:
-                log.info("dedupe: forgot %d expired keys", removed)
+        app.timer(interval=60.0, on_leader=False, name=f"sweep-{stage.id}")(_sweeper(store))
 
     @app.timer(interval=10.0, on_leader=False)
     async def report_progress() -> None:

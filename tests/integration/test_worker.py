@@ -127,7 +127,7 @@ def check_outputs_match_inputs(
 def test_every_input_reaches_exactly_one_output(kafka_broker: str, tmp_path: Path) -> None:
     topology = make_topology(tmp_path)
     ensure_source(topology)
-    profile = TrafficProfile(seed=7, invalid_fraction=0.05, duplicate_fraction=0.01)
+    profile = TrafficProfile(seed=7, invalid_fraction=0.05, duplicate_fraction=0.05)
     generated = list(generate(3000, profile))
     london = orjson.dumps({
         "event_id": "london-1", "event": "page_viewed", "timestamp": int(time.time() * 1000),
