@@ -48,11 +48,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from pipeline.enrichers import EnricherContext, EnricherType, EnricherUnavailable, Outcome
+from pipeline.enrichers._paths import DottedPath, getter, setter
 from pipeline.topology.model import Strict
-
-DottedPath = Annotated[
-    str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=200)
-]
 
 BUILTIN_LIST = "crawlers.json"
 """The built-in crawler list, in ``pipeline/enrichers/data``."""
@@ -384,50 +381,6 @@ class BotConfig(Strict):
         return patterns
 
 
-def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
-    """A fast reader of a dotted path (None when any step is missing or not an object)."""
-    parts = tuple(path.split("."))
-    if len(parts) == 2:
-        first, second = parts
-
-        def get2(event: dict[str, Any]) -> Any:
-            node = event.get(first)
-            return node.get(second) if type(node) is dict else None
-
-        return get2
-
-    def get(event: dict[str, Any]) -> Any:
-        node: Any = event
-        for part in parts:
-            if type(node) is not dict:
-                return None
-            node = node.get(part)
-        return node
-
-    return get
-
-
-def _setter(path: str) -> Callable[[dict[str, Any], Any], None]:
-    """A writer of a dotted path that creates missing parent objects. A parent that exists but
-    is not an object raises ``ValueError`` (the stage's ``on_error`` applies)."""
-    *parents, leaf = path.split(".")
-
-    def put(event: dict[str, Any], value: Any) -> None:
-        node = event
-        for part in parents:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif type(child) is not dict:
-                raise ValueError(
-                    f"cannot write {path}: {part} is a {type(child).__name__}, not an object"
-                )
-            node = child
-        node[leaf] = value
-
-    return put
-
-
 class BotEnricher:
     def __init__(self, config: BotConfig, context: EnricherContext) -> None:
         self._config = config
@@ -457,9 +410,9 @@ class BotEnricher:
         self._origin = origin
         self._drop = config.action == "drop"
         self._max = config.max_length
-        self._get_ua = _getter(config.source_field)
-        self._get_device = _getter(config.device_field) if config.device_field else None
-        self._put = _setter(config.target_field)
+        self._get_ua = getter(config.source_field)
+        self._get_device = getter(config.device_field) if config.device_field else None
+        self._put = setter(config.target_field)
         # The usual layout (context.user_agent, context.device -> context.bot) skips the helpers:
         # (parent, user agent key, device key or None, target key).
         self._shared_parent: tuple[str, str, str | None, str] | None = None
