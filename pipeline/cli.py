@@ -41,6 +41,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     width = max(len(t) for t in summary.outputs)
     for topic, n in summary.outputs.items():
         print(f"  {topic:<{width}}  {n}")
+    if summary.dropped:
+        print("dropped on purpose (stage:why):")
+        for name, n in summary.dropped.items():
+            print(f"  {name}  {n}")
     if summary.dead_letters:
         print("dead letters by stage:reason:")
         for name, n in summary.dead_letters.items():

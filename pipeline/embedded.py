@@ -7,7 +7,7 @@ does. Every input line ends up in exactly one output file.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -18,6 +18,8 @@ from pipeline.core.records import RawMessage
 from pipeline.topology.model import Topology
 
 BATCH_SIZE = 5000
+DROP_OUTCOMES = ("duplicate", "drop")
+"""Stage outcomes that remove an event on purpose (counted, never silent)."""
 
 
 @dataclass
@@ -26,9 +28,17 @@ class RunSummary:
     outputs: dict[str, int]
     dead_letters: dict[str, int]
     seconds: float
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Events removed on purpose, by ``<stage>:<why>`` (duplicates, dropped bots): with the
+    outputs they account for every input line."""
 
     def to_json(self) -> dict[str, object]:
-        return {"input": self.input, "outputs": self.outputs, "dead_letters": self.dead_letters}
+        return {
+            "input": self.input,
+            "outputs": self.outputs,
+            "dropped": self.dropped,
+            "dead_letters": self.dead_letters,
+        }
 
 
 def read_lines(stream: BinaryIO) -> Iterator[bytes]:
@@ -53,6 +63,7 @@ def run_file(
     topics = list(topology.spec.topics)
     counts = dict.fromkeys(topics, 0)
     dead: dict[str, int] = {}
+    dropped: dict[str, int] = {}
     files = {topic: (output_dir / f"{topic}.jsonl").open("wb") for topic in topics}
     started = time.monotonic()
     total = 0
@@ -64,14 +75,16 @@ def run_file(
                 # Dead letters point back at the line: topic "file:<path>", offset = line index.
                 batch.append(RawMessage(value=value, topic=source, partition=0, offset=offset))
                 if len(batch) >= BATCH_SIZE:
-                    total += _flush(processor, batch, files, counts, dead)
+                    total += _flush(processor, batch, files, counts, dead, dropped)
                     batch = []
             if batch:
-                total += _flush(processor, batch, files, counts, dead)
+                total += _flush(processor, batch, files, counts, dead, dropped)
     finally:
         for f in files.values():
             f.close()
-    summary = RunSummary(total, counts, dict(sorted(dead.items())), time.monotonic() - started)
+    summary = RunSummary(
+        total, counts, dict(sorted(dead.items())), time.monotonic() - started, dict(sorted(dropped.items()))
+    )
     (output_dir / "summary.json").write_bytes(
         orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
     )
@@ -84,6 +97,7 @@ def _flush(
     files: dict[str, BinaryIO],
     counts: dict[str, int],
     dead: dict[str, int],
+    dropped: dict[str, int],
 ) -> int:
     ctx = processor.process(batch)
     for topic, _key, value in ctx.outputs:
@@ -91,6 +105,10 @@ def _flush(
         out.write(value)
         out.write(b"\n")
         counts[topic] += 1
+    for (stage, outcome), n in ctx.counters.items():
+        if outcome in DROP_OUTCOMES:
+            name = f"{stage}:{outcome}"
+            dropped[name] = dropped.get(name, 0) + n
     for (reason, stage), n in ctx.dead_letters.items():
         name = f"{stage}:{reason}"
         dead[name] = dead.get(name, 0) + n

@@ -184,11 +184,12 @@ def test_summary_json_shape(example_topology: Topology, tmp_path: Path) -> None:
     lines = [value for value, _, _ in MIXED]
     summary, _ = run(example_topology, tmp_path, lines)
     written = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
-    assert set(written) == {"input", "outputs", "dead_letters"}
+    assert set(written) == {"input", "outputs", "dropped", "dead_letters"}
     assert written["input"] == len(lines)
     assert set(written["outputs"]) == TOPICS
     assert all(isinstance(n, int) for n in written["outputs"].values())
-    assert sum(written["outputs"].values()) == written["input"]
+    # Every line is accounted for: routed, dead-lettered, or dropped on purpose (duplicates).
+    assert sum(written["outputs"].values()) + sum(written["dropped"].values()) == written["input"]
     assert sum(written["dead_letters"].values()) == written["outputs"]["invalid_events"]
     assert list(written["dead_letters"]) == sorted(written["dead_letters"])
     assert written == summary.to_json()
@@ -219,6 +220,7 @@ def test_empty_input_file(example_topology: Topology, tmp_path: Path) -> None:
     assert orjson.loads((tmp_path / "out" / "summary.json").read_bytes()) == {
         "input": 0,
         "outputs": dict.fromkeys(example_topology.spec.topics, 0),
+        "dropped": {},
         "dead_letters": {},
     }
 
@@ -282,3 +284,13 @@ def test_injected_clock_decides_validity(example_topology: Topology, tmp_path: P
 )
 def test_read_lines(data: bytes, expected: list[bytes]) -> None:
     assert list(read_lines(io.BytesIO(data))) == expected
+
+
+def test_resent_lines_are_accounted_as_dropped_duplicates(
+    example_topology: Topology, tmp_path: Path
+) -> None:
+    lines = [line("page_viewed"), line("video_played")]
+    summary, outputs = run(example_topology, tmp_path, lines + lines + [lines[0]])
+    assert sum(summary.outputs.values()) == 2
+    assert summary.dropped == {"dedupe:duplicate": 3}
+    assert sum(summary.outputs.values()) + sum(summary.dropped.values()) == summary.input == 5
