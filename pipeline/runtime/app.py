@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any, Sequence
 
 import faust
@@ -36,6 +37,8 @@ class TopologyAgent:
         self.events_in = 0
         self.batches = 0
         self.dead_letters = 0
+        self.dropped: Counter[str] = Counter()
+        """Events removed on purpose (or forwarded for repartitioning), by stage:outcome."""
         self._last_report = (time.monotonic(), 0)
 
     async def handle_batch(self, messages: Sequence[SourceMessage]) -> None:
@@ -46,6 +49,9 @@ class TopologyAgent:
         self.events_in += len(messages)
         self.batches += 1
         self.dead_letters += sum(ctx.dead_letters.values())
+        for (stage_id, outcome), n in ctx.counters.items():
+            if outcome in ("duplicate", "drop", "repartitioned"):
+                self.dropped[f"{stage_id}:{outcome}"] += n
 
     def report(self) -> str:
         now = time.monotonic()
@@ -53,9 +59,11 @@ class TopologyAgent:
         rate = (self.events_in - seen) / max(now - then, 1e-9)
         self._last_report = (now, self.events_in)
         sent = ", ".join(f"{t}={n}" for t, n in sorted(self.output.sent.items()))
+        dropped = ", ".join(f"{k}={n}" for k, n in sorted(self.dropped.items()))
         return (
             f"events in={self.events_in} ({rate:,.0f}/s over the last {now - then:.0f}s), "
             f"batches={self.batches}, out: {sent or 'nothing yet'}"
+            + (f"; dropped: {dropped}" if dropped else "")
         )
 
 
