@@ -98,7 +98,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     # fetched again from the committed offsets.
                     await self.perform_seek()
                     continue
-                generation_id = self.app.consumer_generation_id
                 batch: dict[TP, list[Any]] = {}
                 others: list[tuple[TP, Any]] = []
                 for tp, tp_records in records.items():
@@ -120,7 +119,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     else:
                         others.extend((tp, r) for r in tp_records)
                 if batch:
-                    await self._handle_batch(batch, generation_id)
+                    await self._handle_batch(batch)
                 for tp, record in others:
                     await self._deliver_one(tp, record, callback, get_read_offset, set_read_offset)
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -140,7 +139,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _handle_batch(self, batch: Mapping[TP, list[Any]], generation_id: int) -> None:
+    async def _handle_batch(self, batch: Mapping[TP, list[Any]]) -> None:
         handler = self.batch_handler
         if handler is None:
             raise RuntimeError("BatchConsumer has batch topics but no handler")
