@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from pipeline.core.avro_check import compile_schema
@@ -35,6 +34,7 @@ from pipeline.enrichers.referrer import (
 from pipeline.errors import TopologyError
 from pipeline.topology import load_topology
 from pipeline.traffic import TrafficProfile, generate
+from tests.enrichers.topologies import topology_file
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = 1_795_000_000.0
@@ -429,19 +429,6 @@ def test_bad_config_is_refused(config: dict, where: str) -> None:
 # ------------------------------------------------------------------------------------------
 # Through a topology
 # ------------------------------------------------------------------------------------------
-
-
-def topology_file(tmp_path: Path, stage: str) -> tuple[Path, int]:
-    """The shipped topology with ``stage`` inserted before route: (path, index of the stage)."""
-    text = (REPO / "tests" / "enrichers" / "base_topology.yaml").read_text(encoding="utf-8")
-    text = text.replace("../avro/", f"{REPO / 'avro'}/")
-    assert "  - id: route\n" in text
-    text = text.replace("  - id: route\n", stage + "\n\n  - id: route\n", 1)
-    path = tmp_path / "topology.yaml"
-    path.write_text(text, encoding="utf-8")
-    stage_id = yaml.safe_load(stage)[0]["id"]
-    index = [s["id"] for s in yaml.safe_load(text)["stages"]].index(stage_id)
-    return path, index
 
 
 def message(referrer: Any) -> RawMessage:
