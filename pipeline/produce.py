@@ -10,11 +10,10 @@ from typing import Iterable, Iterator
 import orjson
 from confluent_kafka import KafkaError, Producer
 
+from pipeline.core.identity import canonical_identity
 from pipeline.embedded import read_lines
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
-
-IDENTITY_FIELDS = ("user_id", "anonymous_id", "device_id")
 
 
 def identity_key(value: bytes) -> bytes | None:
@@ -25,11 +24,8 @@ def identity_key(value: bytes) -> bytes | None:
         return None
     if not isinstance(event, dict):
         return None
-    for field in IDENTITY_FIELDS:
-        ident = event.get(field)
-        if isinstance(ident, str) and ident:
-            return ident.encode("utf-8")
-    return None
+    identity = canonical_identity(event)
+    return identity.encode("utf-8") if identity else None
 
 
 def file_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:

@@ -85,6 +85,8 @@ from urllib.parse import quote_plus
 
 import orjson
 
+from pipeline.core.identity import canonical_identity
+
 __all__ = [
     "EVENT_MIX",
     "EVENT_TYPES",
@@ -245,13 +247,8 @@ INVALID_FLAVOURS: dict[str, tuple[float, str]] = {
 dead-letter reason a validator should give it). Weights sum to 100."""
 
 
-def identity_key(event: dict[str, Any]) -> str | None:
-    """The partition key rule: ``user_id``, else ``anonymous_id``, else ``device_id``."""
-    for field in ("user_id", "anonymous_id", "device_id"):
-        value = event.get(field)
-        if value:
-            return value
-    return None
+# The partition key rule: user_id, else anonymous_id, else device_id.
+identity_key = canonical_identity
 
 
 def generate(count: int, profile: TrafficProfile = TrafficProfile()) -> Iterator[GeneratedRecord]:

@@ -15,8 +15,8 @@ from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport
 from pipeline.runtime.output import OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
 from pipeline.runtime.state import TableDedupeStore
-from pipeline.stages.dedupe import DedupeStage
 from pipeline.settings import Settings
+from pipeline.stages.dedupe import DedupeStage
 from pipeline.topology.model import Topology
 
 log = logging.getLogger(__name__)

@@ -6,13 +6,12 @@ import gc
 import logging
 
 import faust
-
 from confluent_kafka.admin import NewTopic
 
 from pipeline.runtime.admin import admin_client, ensure_topics, existing_topics
 from pipeline.runtime.app import create_app, group_id_for, repartition_topic_name
-from pipeline.stages.dedupe import DedupeConfig
 from pipeline.settings import Settings
+from pipeline.stages.dedupe import DedupeConfig
 from pipeline.topology.model import Topology
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from pydantic import Field, model_validator
 
 from pipeline.core.batch import BatchContext
 from pipeline.core.dedupe_store import DedupeStore, MemoryDedupeStore
+from pipeline.core.identity import IDENTITY_FIELDS, canonical_identity
 from pipeline.core.records import Item
 from pipeline.stages import StageType
 from pipeline.topology.model import Duration, Strict, TopicName, Topology, TopologySpec
 
-IDENTITY_FIELDS = ("user_id", "anonymous_id", "device_id")
 FINGERPRINT_FIELDS = ("event", "timestamp", "identity", "properties")
 
 # owner_partition(canonical_key, message) -> the partition that must process the event, or None
@@ -66,12 +66,10 @@ def _check(config: DedupeConfig, spec: TopologySpec) -> list[tuple[str, str]]:
     return problems
 
 
-def canonical_identity(event: dict[str, Any]) -> bytes:
-    for field in IDENTITY_FIELDS:
-        value = event.get(field)
-        if value:
-            return value.encode("utf-8")
-    return b""
+def canonical_identity_key(event: dict[str, Any]) -> bytes:
+    """The canonical identity as a Kafka key (validated events always have one)."""
+    identity = canonical_identity(event)
+    return identity.encode("utf-8") if identity else b""
 
 
 def _field_value(event: dict[str, Any], path: str) -> Any:
@@ -151,7 +149,7 @@ class DedupeStage:
         here: list[Item] = []
         forwarded = 0
         for item in items:
-            key = canonical_identity(item.event)
+            key = canonical_identity_key(item.event)
             if owner(key, item.message) is None:
                 here.append(item)
             else:

@@ -21,12 +21,12 @@ from pydantic import Field
 
 from pipeline.core.avro_check import Checker, compile_schema
 from pipeline.core.batch import BatchContext
+from pipeline.core.identity import IDENTITY_FIELDS
 from pipeline.core.reasons import Reason
 from pipeline.core.records import Item, SourceMessage
 from pipeline.stages import StageType
 from pipeline.topology.model import Duration, Strict, Topology
 
-IDENTITY_FIELDS = ("user_id", "anonymous_id", "device_id")
 _OBJECT_FIELDS = ("properties", "context", "user_properties")
 _CONTEXT_STRING_FIELDS = ("ip", "user_agent", "page_url", "referrer", "locale")
 _MAX_ID_LENGTH = 256

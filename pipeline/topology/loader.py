@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Mapping
 
 import fastavro
 import orjson
 import yaml
-from typing import Annotated
-
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pipeline.core.avro_check import SchemaCompileError, compile_schema
 from pipeline.errors import Problem, TopologyError
 from pipeline.stages import UnknownStageType, stage_type
-from pipeline.topology.model import Topology, TopologySpec, TOPIC_NAME_RE
+from pipeline.topology.model import TOPIC_NAME_RE, Topology, TopologySpec
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -15,7 +15,7 @@ from pipeline.core.dedupe_store import MemoryDedupeStore
 from pipeline.core.processor import Processor
 from pipeline.core.records import Item, RawMessage
 from pipeline.errors import TopologyError
-from pipeline.stages.dedupe import DedupeConfig, DedupeStage, canonical_identity
+from pipeline.stages.dedupe import DedupeConfig, DedupeStage, canonical_identity_key
 from pipeline.topology import load_topology
 from tests.conftest import TEST_ENV
 
@@ -106,9 +106,9 @@ def test_mispartitioned_events_are_forwarded_by_canonical_identity() -> None:
 
 
 def test_canonical_identity_order() -> None:
-    assert canonical_identity({"user_id": "u", "anonymous_id": "a"}) == b"u"
-    assert canonical_identity({"anonymous_id": "a", "device_id": "d"}) == b"a"
-    assert canonical_identity({"device_id": "d"}) == b"d"
+    assert canonical_identity_key({"user_id": "u", "anonymous_id": "a"}) == b"u"
+    assert canonical_identity_key({"anonymous_id": "a", "device_id": "d"}) == b"a"
+    assert canonical_identity_key({"device_id": "d"}) == b"d"
 
 
 def test_memory_store_sweeps_expired_keys() -> None:
