@@ -96,6 +96,20 @@ def _check(config: RouteConfig, spec: TopologySpec) -> list[tuple[str, str]]:
 
 def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
     parts = path.split(".")
+    if len(parts) == 3:
+        # The common depth (``context.bot.is_bot``), unrolled: this runs for most events.
+        first, second, third = parts
+
+        def get3(event: dict[str, Any]) -> Any:
+            node = event.get(first)
+            if type(node) is not dict:
+                return _MISSING
+            node = node.get(second)
+            if type(node) is not dict:
+                return _MISSING
+            return node.get(third, _MISSING)
+
+        return get3
 
     def get(event: dict[str, Any]) -> Any:
         node: Any = event
@@ -163,15 +177,17 @@ class _CompiledRule:
         self.prefixes = tuple(rule.when.event_prefix) if rule.when.event_prefix else None
         self.predicates = [_compile_predicate(p) for p in rule.when.where]
 
-    def matches(self, name: str, event: dict[str, Any]) -> bool:
-        if self.names is not None or self.prefixes is not None:
-            by_name = self.names is not None and name in self.names
-            if not by_name and not (self.prefixes is not None and name.startswith(self.prefixes)):
-                return False
-        for predicate in self.predicates:
-            if not predicate(event):
-                return False
-        return True
+    def matches_name(self, name: str) -> bool:
+        if self.names is None and self.prefixes is None:
+            return True
+        if self.names is not None and name in self.names:
+            return True
+        return self.prefixes is not None and name.startswith(self.prefixes)
+
+
+# How an event of one name is routed: the rules with predicates to try in order, each with its
+# topic, then the topic to use when none of them matches.
+_Plan = tuple[tuple[tuple[Callable[[dict[str, Any]], bool], ...], str], ...]
 
 
 class RouteStage:
@@ -183,25 +199,35 @@ class RouteStage:
         self._meta = pipeline_meta or {}
         self._rules = [_CompiledRule(r) for r in config.rules]
         self._default = config.default
-        # Rules that look only at the event name give the same answer for every event of that
-        # name: remember it. Rules with predicates are evaluated per event.
-        self._by_name: dict[str, str] = {}
-        self._name_only = all(not r.predicates for r in self._rules)
+        # Which rules can apply depends only on the event name: plan once per name, so each
+        # event evaluates only the predicates of the rules its name can reach.
+        self._plans: dict[str, tuple[_Plan, str]] = {}
+
+    def _plan(self, name: str) -> tuple[_Plan, str]:
+        steps = []
+        for rule in self._rules:
+            if not rule.matches_name(name):
+                continue
+            if not rule.predicates:
+                return tuple(steps), rule.topic  # first match wins: later rules are unreachable
+            steps.append((tuple(rule.predicates), rule.topic))
+        return tuple(steps), self._default
 
     def topic_for(self, event: dict[str, Any]) -> str:
         name = event["event"]
-        if self._name_only:
-            topic = self._by_name.get(name)
-            if topic is not None:
+        plan = self._plans.get(name)
+        if plan is None:
+            plan = self._plan(name)
+            if len(self._plans) < 100_000:  # names are few in practice; memory must be bounded
+                self._plans[name] = plan
+        steps, fallback = plan
+        for predicates, topic in steps:
+            for predicate in predicates:
+                if not predicate(event):
+                    break
+            else:
                 return topic
-        topic = self._default
-        for rule in self._rules:
-            if rule.matches(name, event):
-                topic = rule.topic
-                break
-        if self._name_only and len(self._by_name) < 100_000:
-            self._by_name[name] = topic
-        return topic
+        return fallback
 
     def emit(self, items: list[Item], ctx: BatchContext) -> None:
         topic_for = self.topic_for
