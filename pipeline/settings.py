@@ -26,6 +26,9 @@ class Settings:
     """Where the worker keeps local state (RocksDB tables, Faust data)."""
     store: Literal["memory", "rocksdb"] = "memory"
     """Table store: memory (tests, demos) or rocksdb (production)."""
+    rocksdb_memory_mb: int = 128
+    """Memory for all RocksDB tables of the worker together: one block cache shared by every
+    partition's DB, memtables included (``pipeline/runtime/rocksdb_options.py``)."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     batch_max_events: int = 5000
     """Most events handed to the stages at once (per fetch)."""
@@ -78,6 +81,8 @@ class Settings:
             problems.append(f"web_port {self.web_port} is not a port")
         if self.batch_max_events < 1:
             problems.append("batch_max_events must be at least 1")
+        if self.rocksdb_memory_mb < 16:
+            problems.append(f"rocksdb_memory_mb must be at least 16, not {self.rocksdb_memory_mb}")
         if problems:
             raise PipelineError("bad settings:\n  " + "\n  ".join(problems))
 
@@ -86,7 +91,7 @@ class Settings:
         return ",".join(s.strip().removeprefix("kafka://") for s in self.broker.split(","))
 
 
-_INT_FIELDS = {"web_port", "batch_max_events", "producer_linger_ms"}
+_INT_FIELDS = {"web_port", "batch_max_events", "producer_linger_ms", "rocksdb_memory_mb"}
 _FLOAT_FIELDS = {"commit_interval_s"}
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import faust
 
+from pipeline.core.batch import BatchContext
 from pipeline.core.processor import Processor
 from pipeline.core.records import SourceMessage
 from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport
 from pipeline.runtime.output import OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
-from pipeline.runtime.state import TableDedupeStore
+from pipeline.runtime.rocksdb_options import RocksDBMemory, store_url
+from pipeline.runtime.state import StagedWrites, TableDedupeStore
 from pipeline.settings import Settings
 from pipeline.stages.dedupe import DedupeStage
 from pipeline.topology.model import Topology
@@ -22,12 +25,20 @@ from pipeline.topology.model import Topology
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class PreparedBatch:
+    """A processed batch waiting to be delivered: its outputs and its dedupe writes."""
+
+    ctx: BatchContext
+    state: list[tuple[TableDedupeStore, StagedWrites]]
+
+
 class TopologyAgent:
     """Runs the topology's stages on each fetched batch and delivers the outputs.
 
     It is the topology's agent: Faust hands it every batch of the source topic (see
-    ``faust_compat``); it returns once every output is acknowledged, which is what makes the
-    batch's offsets committable.
+    ``faust_compat``) in two steps: ``prepare`` runs the stages, ``deliver`` returns once every
+    output is acknowledged, which is what makes the batch's offsets committable.
     """
 
     def __init__(self, processor: Processor, output: OutputProducer) -> None:
@@ -41,17 +52,25 @@ class TopologyAgent:
         """Events removed on purpose (or forwarded for repartitioning), by stage:outcome."""
         self._last_report = (time.monotonic(), 0)
 
-    async def handle_batch(self, messages: Sequence[SourceMessage]) -> None:
+    def prepare(self, messages: Sequence[SourceMessage]) -> PreparedBatch:
         ctx = self.processor.process(messages)
-        await self.output.send_batch(ctx.outputs)
-        for store in self.stores:
-            store.after_delivery()
         self.events_in += len(messages)
         self.batches += 1
         self.dead_letters += sum(ctx.dead_letters.values())
         for (stage_id, outcome), n in ctx.counters.items():
             if outcome in ("duplicate", "drop", "repartitioned"):
                 self.dropped[f"{stage_id}:{outcome}"] += n
+        return PreparedBatch(ctx, [(store, store.take_staged()) for store in self.stores])
+
+    async def deliver(self, batch: PreparedBatch) -> None:
+        # State changes travel with the outputs and reach the local store only once both are
+        # acknowledged (state.py explains why).
+        for store, staged in batch.state:
+            store.produce_staged(staged)
+        await self.output.send_batch(batch.ctx.outputs)
+        for store, staged in batch.state:
+            store.apply(staged)
+            store.after_delivery()
 
     def report(self) -> str:
         now = time.monotonic()
@@ -81,16 +100,27 @@ class PipelineApp(faust.App):
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
         assert isinstance(consumer, BatchConsumer)
-        consumer.use_batches(self._batch_topics, self.topology_agent.handle_batch)
+        consumer.use_batches(self._batch_topics, self.topology_agent)
         return consumer
 
 
-def _sweeper(store: TableDedupeStore) -> Any:
+def _sweeper(store: TableDedupeStore, rocksdb_memory: RocksDBMemory | None = None) -> Any:
     # Faust passes the app to timers that take an argument: close over the store instead.
+    # The sweep runs on the loop in small slices that yield (see TableDedupeStore.sweep).
     async def sweep_expired() -> None:
-        removed = store.sweep(int(time.time() * 1000))
-        if removed:
-            log.info("dedupe: forgot %d expired keys", removed)
+        started = time.monotonic()
+        removed = await store.sweep(int(time.time() * 1000))
+        memory = ""
+        if rocksdb_memory is not None:
+            usage = rocksdb_memory.usage()
+            memory = "; RocksDB cache %.0f MB (memtables %.0f MB) of %d MB" % (
+                usage["cache"] / 2**20, usage["memtables"] / 2**20, rocksdb_memory.memory_mb,
+            )
+        log.info(
+            "dedupe %s: forgot %d expired keys in %.1fs; ~%d keys held%s",
+            store.changelog_topic, removed, time.monotonic() - started,
+            store.estimated_size(), memory,
+        )
 
     return sweep_expired
 
@@ -150,10 +180,22 @@ def create_app(
     for name in [source.topic, *repartition_topics]:
         app.topics.add(app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions))
 
+    # RocksDB: every table partition's DB shares one bounded memory budget (rocksdb_options.py).
+    rocksdb_memory = None
+    if settings.store == "rocksdb":
+        rocksdb_memory = RocksDBMemory(settings.rocksdb_memory_mb)
+        log.info(
+            "RocksDB tables: %d MB in all (block cache, memtables up to %d MB)",
+            settings.rocksdb_memory_mb, rocksdb_memory.write_buffers_bytes // 2**20,
+        )
     for stage, repartition in zip(dedupe_stages, repartition_topics, strict=True):
         window_ms = int(stage.config.window * 1000)
+        table_name = f"dedupe-{stage.id}"  # stable: named by the stage id, never by code location
+        table_store: dict[str, Any] = {}
+        if rocksdb_memory is not None:
+            table_store = {"store": store_url(table_name), "options": {"memory": rocksdb_memory}}
         table = app.Table(
-            f"dedupe-{stage.id}",  # stable: named by the stage id, never by code location
+            table_name,
             key_type=bytes,
             value_type=bytes,
             partitions=partitions,
@@ -162,6 +204,7 @@ def create_app(
                 "cleanup.policy": "compact,delete",
                 "retention.ms": str(window_ms + 3_600_000),
             },
+            **table_store,
         )
         store = TableDedupeStore(table, output)
         stage.store = store
@@ -169,7 +212,9 @@ def create_app(
         stage.repartition_topic = repartition
         agent.stores.append(store)
 
-        app.timer(interval=60.0, on_leader=False, name=f"sweep-{stage.id}")(_sweeper(store))
+        app.timer(interval=60.0, on_leader=False, name=f"sweep-{stage.id}")(
+            _sweeper(store, rocksdb_memory)
+        )
 
     @app.timer(interval=10.0, on_leader=False)
     async def report_progress() -> None:

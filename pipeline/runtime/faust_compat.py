@@ -11,11 +11,18 @@ and shutdown), tables, recovery and the web server. What changes: for the topics
 to one async handler instead of delivering message by message. Every other topic (changelogs,
 standbys, other agents) still goes through Faust's per-message path unchanged.
 
+Pipelining: a batch is handled in two steps, ``prepare`` (the stages: CPU work on the event loop
+thread) and ``deliver`` (produce, then wait for the broker's acknowledgements, which releases the
+GIL). Batch k+1 is prepared while batch k is being delivered, so the CPU is not idle while the
+broker acknowledges. At most one batch is in flight: batch k+1's outputs are produced only after
+batch k is acknowledged, so deliveries complete, and offsets advance, in batch order.
+
 Offsets: a batch topic's partition becomes committable at ``last offset + 1`` only after the
-handler returns, i.e. after every output of the batch is acknowledged by the broker. Faust's
-commit machinery then commits it (``_new_offset`` below). In-flight batches are shielded from
-the fetcher's cancellation and awaited by ``wait_empty()``, so a rebalance or SIGTERM finishes,
-delivers and commits the batch in hand before letting go of the partitions.
+batch's delivery completes, i.e. after every output and state record of the batch is
+acknowledged by the broker. Faust's commit machinery then commits it (``_new_offset`` below). The
+delivery in flight is shielded from the fetcher's cancellation and awaited by ``wait_empty()``, so
+a rebalance or SIGTERM finishes, delivers and commits the batch in hand before letting go of the
+partitions. A failed delivery is raised in the fetch loop (it never becomes committable).
 
 The methods overridden here mirror faust-streaming 0.15.3; ``tests/runtime/test_faust_compat.py``
 fails if the upstream methods this relies on change.
@@ -24,7 +31,7 @@ fails if the upstream methods this relies on change.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequence, Set, cast
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Set, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -32,7 +39,17 @@ from faust.types import TP
 
 from pipeline.core.records import SourceMessage
 
-BatchHandler = Callable[[Sequence[SourceMessage]], Awaitable[None]]
+
+
+class BatchHandler(Protocol):
+    """What the batch consumer hands batches to (the topology agent)."""
+
+    def prepare(self, messages: Sequence[SourceMessage]) -> Any:
+        """Run the stages over a batch (synchronously); returns what ``deliver`` needs."""
+
+    async def deliver(self, prepared: Any) -> None:
+        """Send a prepared batch's outputs and state; return once the broker has them all."""
+
 
 FAUST_VERSION_TESTED = "0.15.3"
 
@@ -87,6 +104,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
+                self._raise_failed_delivery()
                 records, active_partitions = await self._wait_next_records(1.0)
                 # Faust sleeps here too: getmany can return at once in a loop.
                 await self.sleep(0)
@@ -144,24 +162,40 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if handler is None:
             raise RuntimeError("BatchConsumer has batch topics but no handler")
         messages: list[Any] = []
-        for tp_records in batch.values():
+        for tp, tp_records in batch.items():
             messages.extend(tp_records)
+        # Runs while the previous batch is still being acknowledged (see the module docstring).
+        prepared = handler.prepare(messages)
+        for tp, tp_records in batch.items():
+            # Processed: never hand these records over again (until a seek resets the offset).
+            self._read_offset[tp] = tp_records[-1].offset + 1
+        await self._wait_inflight()
         # Shielded: cancelling the fetcher (rebalance, shutdown) must not abandon a batch
         # half-sent; wait_empty() awaits it instead.
-        self._inflight = asyncio.ensure_future(self._run_batch(handler, messages, batch))
-        await asyncio.shield(self._inflight)
+        self._inflight = asyncio.ensure_future(self._deliver_batch(handler, prepared, batch))
 
-    async def _run_batch(
-        self, handler: BatchHandler, messages: list[Any], batch: Mapping[TP, list[Any]]
+    async def _wait_inflight(self) -> None:
+        """Wait for the batch in flight; raise its delivery failure if it failed."""
+        inflight = self._inflight
+        if inflight is not None:
+            await asyncio.shield(inflight)
+            self._inflight = None
+
+    def _raise_failed_delivery(self) -> None:
+        inflight = self._inflight
+        if inflight is not None and inflight.done():
+            self._inflight = None
+            inflight.result()  # raises the delivery failure, if any
+
+    async def _deliver_batch(
+        self, handler: BatchHandler, prepared: Any, batch: Mapping[TP, list[Any]]
     ) -> None:
-        await handler(messages)
+        await handler.deliver(prepared)
         assignment = self.assignment()
         for tp, tp_records in batch.items():
-            last = tp_records[-1].offset
-            self._read_offset[tp] = last + 1
             if tp in assignment:
                 self._acked[tp]  # noqa: B018 - registers the TP with Faust's commit loop
-                self._delivered_offsets[tp] = last + 1
+                self._delivered_offsets[tp] = tp_records[-1].offset + 1
 
     async def _deliver_one(
         self,

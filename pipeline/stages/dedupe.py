@@ -120,6 +120,7 @@ class DedupeStage:
         kept: list[Item] = []
         duplicates = 0
         expires_at = ctx.now_ms + self._window_ms
+        to_remember: list[tuple[int, list[tuple[bytes, int]]]] = []
         for partition, keyed in by_partition.items():
             seen = self.store.seen(partition, [k for _, k in keyed], ctx.now_ms)
             fresh: dict[bytes, int] = {}
@@ -131,7 +132,11 @@ class DedupeStage:
                     fresh[key] = expires_at
                     kept.append(item)
             if fresh:
-                self.store.remember(partition, list(fresh.items()))
+                to_remember.append((partition, list(fresh.items())))
+        # Last, once nothing can raise: if this batch is replayed event by event after a
+        # failure (Processor._guarded), no key of it is remembered yet.
+        for partition, entries in to_remember:
+            self.store.remember(partition, entries)
         if duplicates:
             ctx.counters[(self.id, "duplicate")] += duplicates
         ctx.counters[(self.id, "unique")] += len(kept)

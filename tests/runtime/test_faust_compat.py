@@ -71,47 +71,85 @@ def consumer() -> BatchConsumer:
     return c
 
 
+class _Handler:
+    """Records what the consumer hands over; ``fail`` makes every delivery fail."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.prepared: list[list[object]] = []
+        self.delivered: list[list[object]] = []
+        self.fail = fail
+        self.release = asyncio.Event()
+
+    def prepare(self, messages):  # type: ignore[no-untyped-def]
+        self.prepared.append(list(messages))
+        return list(messages)
+
+    async def deliver(self, prepared):  # type: ignore[no-untyped-def]
+        await self.release.wait()
+        if self.fail:
+            raise RuntimeError("delivery failed")
+        self.delivered.append(prepared)
+
+
+class _Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
 def test_batch_topics_commit_delivered_offsets_only(consumer: BatchConsumer) -> None:
-    handled: list[list[object]] = []
-
-    async def handler(messages):  # type: ignore[no-untyped-def]
-        handled.append(list(messages))
-
+    handler = _Handler()
     consumer.use_batches(["raw"], handler)
     tp = TP("raw", 0)
-
-    class Record:
-        def __init__(self, offset: int) -> None:
-            self.offset = offset
-
-    records = [Record(10), Record(11), Record(12)]
-    assert consumer._new_offset(tp) is None, "nothing delivered yet"
     consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
-    asyncio.run(consumer._run_batch(handler, records, {tp: records}))
-    assert handled == [records]
-    assert consumer._new_offset(tp) == 13, "commit the next offset after the last delivered"
-    assert consumer._read_offset[tp] == 13, "read offset means next offset to read, as after a seek"
+    first = [_Record(10), _Record(11), _Record(12)]
+    second = [_Record(13), _Record(14)]
+
+    async def scenario() -> None:
+        assert consumer._new_offset(tp) is None, "nothing delivered yet"
+        await consumer._handle_batch({tp: first})
+        assert handler.prepared == [first]
+        assert consumer._read_offset[tp] == 13, "read offset = next offset to read, as after a seek"
+        assert consumer._new_offset(tp) is None, "prepared but not acknowledged: not committable"
+
+        # The next batch is prepared while the first is still in flight...
+        handle_second = asyncio.ensure_future(consumer._handle_batch({tp: second}))
+        await asyncio.sleep(0)
+        assert handler.prepared == [first, second]
+        assert not handle_second.done(), "...but not sent before the first is acknowledged"
+        assert consumer._new_offset(tp) is None
+
+        handler.release.set()
+        await handle_second
+        assert handler.delivered[0] == first
+        assert consumer._new_offset(tp) in (13, 15), "the first batch is committable"
+        await consumer._wait_inflight()
+        assert handler.delivered == [first, second], "deliveries complete in batch order"
+        assert consumer._new_offset(tp) == 15
+
+    asyncio.run(scenario())
     assert tp in consumer._acked, "registered with Faust's commit loop"
-    assert consumer._should_commit(tp, 13)
+    assert consumer._should_commit(tp, 15)
 
 
-def test_failed_batch_is_not_committable(consumer: BatchConsumer) -> None:
-    async def failing(messages):  # type: ignore[no-untyped-def]
-        raise RuntimeError("delivery failed")
-
-    consumer.use_batches(["raw"], failing)
+def test_failed_delivery_is_not_committable_and_is_raised(consumer: BatchConsumer) -> None:
+    handler = _Handler(fail=True)
+    handler.release.set()
+    consumer.use_batches(["raw"], handler)
     tp = TP("raw", 1)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
 
-    class Record:
-        offset = 5
+    async def scenario() -> None:
+        await consumer._handle_batch({tp: [_Record(5)]})
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="delivery failed"):
+            consumer._raise_failed_delivery()
 
-    with pytest.raises(RuntimeError):
-        asyncio.run(consumer._run_batch(failing, [Record()], {tp: [Record()]}))
+    asyncio.run(scenario())
     assert consumer._new_offset(tp) is None
 
 
 def test_other_topics_keep_faust_offsets(consumer: BatchConsumer) -> None:
-    consumer.use_batches(["raw"], lambda m: None)  # type: ignore[arg-type,return-value]
+    consumer.use_batches(["raw"], _Handler())
     tp = TP("changelog", 0)
     consumer._acked[tp].extend([0, 1, 2])
     consumer._acked_index[tp].update([0, 1, 2])
