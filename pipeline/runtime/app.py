@@ -168,6 +168,7 @@ def create_app(
         autodiscover=False,
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.batch_max_events,
+        consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=source.partitions,

@@ -64,6 +64,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delivered_offsets: dict[TP, int] = {}
+        # Bumped by every revocation and assignment: records fetched before one are stale.
+        self._assignment_generation = 0
 
     def use_batches(self, topics: Iterable[str], handler: BatchHandler) -> None:
         self.batch_topics = frozenset(topics)
@@ -77,9 +79,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         return super()._new_offset(tp)
 
     async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
+        self._assignment_generation += 1
         for tp in revoked:
             self._delivered_offsets.pop(tp, None)
         await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Set[TP], generation_id: int = 0) -> None:
+        self._assignment_generation += 1
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def wait_empty(self) -> None:
         """Finish the batch in hand (deliver, mark committable) before Faust commits and lets go."""
@@ -101,19 +108,29 @@ class BatchConsumer(faust_aiokafka.Consumer):
         get_read_offset = self._read_offset.get
         set_read_offset = self._read_offset.__setitem__
         batch_topics = self.batch_topics
+        # The fetch of the next batch runs (in Faust's consumer thread, mostly waiting on the
+        # broker) while this batch's stages run: started before handing a batch over, awaited
+        # at the top of the next iteration.
+        prefetch: Optional[asyncio.Future[Any]] = None
+        fetched_in = self._assignment_generation
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 self._raise_failed_delivery()
-                records, active_partitions = await self._wait_next_records(1.0)
+                if prefetch is None:
+                    fetched_in = self._assignment_generation
+                    records, active_partitions = await self._wait_next_records(1.0)
+                else:
+                    records, active_partitions = await prefetch
+                    prefetch = None
                 # Faust sleeps here too: getmany can return at once in a loop.
                 await self.sleep(0)
                 if not records or self.should_stop:
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     continue
-                if not self.flow_active:
-                    # A rebalance started while fetching: drop the records; they will be
-                    # fetched again from the committed offsets.
+                if not self.flow_active or fetched_in != self._assignment_generation:
+                    # A rebalance started (or happened) since the fetch: drop the records; they
+                    # are fetched again from the committed offsets.
                     await self.perform_seek()
                     continue
                 batch: dict[TP, list[Any]] = {}
@@ -136,6 +153,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                             batch[tp] = tp_records
                     else:
                         others.extend((tp, r) for r in tp_records)
+                if batch and not others:
+                    fetched_in = self._assignment_generation
+                    prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 if batch:
                     await self._handle_batch(batch)
                 for tp, record in others:
@@ -155,6 +175,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self.log.exception("Drain messages raised: %r", exc)
             raise
         finally:
+            if prefetch is not None:
+                prefetch.cancel()
             self.diag.unset_flag(CONSUMER_FETCHING)
 
     async def _handle_batch(self, batch: Mapping[TP, list[Any]]) -> None:
