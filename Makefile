@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TOPOLOGY ?= topologies/ecommerce.yaml
 
-.PHONY: help install kafka-up kafka-down kafka-status demo test test-unit test-long check worker produce clean
+.PHONY: help install kafka-up kafka-down kafka-status demo test test-unit test-long check worker produce bench bench-quick clean
 
 help:
 	@echo "make demo        local Kafka + a worker on $(TOPOLOGY) + generated traffic, then a report"
@@ -14,6 +14,8 @@ help:
 	@echo "make kafka-up / kafka-down / kafka-status"
 	@echo "make check       pipeline check on every topology"
 	@echo "make worker      run a worker on $(TOPOLOGY) in the foreground"
+	@echo "make bench       the benchmark: pipeline vs ceiling, classic, naive Faust (~15 min)"
+	@echo "make bench-quick the same with fewer events (~2 min); results in bench/results/"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +54,13 @@ worker: install kafka-up
 
 produce: install kafka-up
 	$(BIN)/pipeline produce $(TOPOLOGY) --generate 10000
+
+# Full: 300k events for ceiling and pipeline, 20k for classic and naive Faust, 5M dedupe keys.
+bench: install kafka-up
+	$(BIN)/python bench/run.py
+
+bench-quick: install kafka-up
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .local build dist *.egg-info .pytest_cache
