@@ -89,9 +89,17 @@ class TopologyAgent:
 class PipelineApp(faust.App):
     """A Faust app whose consumer hands the source topic over in batches."""
 
-    def __init__(self, *args: Any, agent: TopologyAgent, batch_topics: list[str], **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        agent: TopologyAgent,
+        batch_topics: list[str],
+        fetch_max_wait_ms: int = 100,
+        **kwargs: Any,
+    ):
         self.topology_agent = agent
         self._batch_topics = batch_topics
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
@@ -101,6 +109,7 @@ class PipelineApp(faust.App):
         consumer = super()._new_consumer()
         assert isinstance(consumer, BatchConsumer)
         consumer.use_batches(self._batch_topics, self.topology_agent)
+        consumer.fetch_max_wait_ms = self._fetch_max_wait_ms
         return consumer
 
 
@@ -159,6 +168,7 @@ def create_app(
         group_id,
         agent=agent,
         batch_topics=[source.topic, *repartition_topics],
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir / topology.name),
@@ -168,7 +178,8 @@ def create_app(
         autodiscover=False,
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.batch_max_events,
-        consumer_max_fetch_size=8 * 1024 * 1024,
+        consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
+        table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=source.partitions,

@@ -54,8 +54,27 @@ class BatchHandler(Protocol):
 FAUST_VERSION_TESTED = "0.15.3"
 
 
+class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, with a configurable fetch wait.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500`` (how long the broker may hold a fetch that has
+    too little data). Measured on the example topology at 5,000 events/s: with 1,500 ms, fetches
+    repeatedly waited ~1 s and batches alternated between 5,000 and ~2,000 events, for a p50
+    end-to-end latency of ~1.5 s; with 100 ms, batches follow the input and p50 is ~50 ms. Under
+    load the fetch is answered at once either way, so throughput is unchanged.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it creates its Fetcher (checked by a test).
+        consumer._fetch_max_wait_ms = cast(BatchConsumer, self.consumer).fetch_max_wait_ms
+        return consumer
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """aiokafka consumer whose batch topics skip Faust's per-message delivery."""
+
+    fetch_max_wait_ms: int = 100
 
     batch_topics: frozenset[str] = frozenset()
     batch_handler: Optional[BatchHandler] = None
@@ -66,6 +85,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._delivered_offsets: dict[TP, int] = {}
         # Bumped by every revocation and assignment: records fetched before one are stale.
         self._assignment_generation = 0
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def use_batches(self, topics: Iterable[str], handler: BatchHandler) -> None:
         self.batch_topics = frozenset(topics)

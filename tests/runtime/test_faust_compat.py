@@ -12,6 +12,7 @@ import inspect
 from importlib.metadata import version
 
 import faust
+import faust.transport.drivers.aiokafka
 import pytest
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -40,6 +41,10 @@ UPSTREAM_DIGESTS = {
     # Sets _read_offset to the next offset to read: the meaning we rely on.
     (Consumer, "seek"): "b86a9fe05f956b30",
     (AIOKafkaConsumerThread, "_seek_wait"): "9d221e816d940467",
+    # Builds the worker's AIOKafkaConsumer (fetch_max_wait_ms=1500): we change that afterwards.
+    (AIOKafkaConsumerThread, "_create_worker_consumer"): "c2701bfc3e6f6cad",
+    # Creates the consumer thread: BatchConsumer returns its own subclass.
+    (faust.transport.drivers.aiokafka.Consumer, "_new_consumer_thread"): "0870ec53dea75083",
 }
 
 
@@ -154,3 +159,18 @@ def test_other_topics_keep_faust_offsets(consumer: BatchConsumer) -> None:
     consumer._acked[tp].extend([0, 1, 2])
     consumer._acked_index[tp].update([0, 1, 2])
     assert consumer._new_offset(tp) == 3
+
+
+def test_aiokafka_reads_the_fetch_wait_we_set_when_it_starts() -> None:
+    from aiokafka.consumer import consumer as aiokafka_consumer
+
+    source = inspect.getsource(aiokafka_consumer.AIOKafkaConsumer.__init__)
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in source
+    start = inspect.getsource(aiokafka_consumer.AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+
+
+def test_batch_consumer_uses_its_own_consumer_thread(consumer: BatchConsumer) -> None:
+    from pipeline.runtime.faust_compat import BatchConsumerThread
+
+    assert isinstance(consumer._new_consumer_thread(), BatchConsumerThread)
