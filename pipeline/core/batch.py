@@ -16,7 +16,15 @@ class BatchContext:
     judged against the same "now" and tests control time without sleeping.
     """
 
-    __slots__ = ("now_ms", "outputs", "dead_letters", "counters", "_dead_letter")
+    __slots__ = (
+        "now_ms",
+        "outputs",
+        "dead_letters",
+        "counters",
+        "stage_seconds",
+        "event_times_ms",
+        "_dead_letter",
+    )
 
     def __init__(self, *, now_ms: int, dead_letter: DeadLetterBuilder) -> None:
         self.now_ms = now_ms
@@ -25,6 +33,10 @@ class BatchContext:
         """Dead letters by (reason, stage id)."""
         self.counters: Counter[tuple[str, str]] = Counter()
         """Free-form per-stage outcomes by (stage id, outcome), for metrics."""
+        self.stage_seconds: dict[str, float] = {}
+        """Time each stage spent on the batch, by stage id (for metrics)."""
+        self.event_times_ms: list[int] = []
+        """Event times (epoch ms) of the batch's valid events (for the event-lag metric)."""
         self._dead_letter = dead_letter
 
     def emit(self, topic: str, key: bytes | None, value: bytes) -> None:

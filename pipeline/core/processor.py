@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from time import perf_counter
 from typing import Any, Callable, Sequence
 
 from pipeline.core.batch import BatchContext
@@ -68,6 +69,8 @@ class Processor:
         batch = messages if isinstance(messages, list) else list(messages)
         mark = len(ctx.outputs)
         before = (ctx.dead_letters.copy(), ctx.counters.copy())
+        seconds = ctx.stage_seconds
+        started = perf_counter()
         try:
             items = self.source.decode(batch, ctx)
         except Exception:
@@ -75,9 +78,16 @@ class Processor:
             del ctx.outputs[mark:]
             ctx.dead_letters, ctx.counters = before
             items = self._decode_one_by_one(batch, ctx)
+        ctx.event_times_ms = [item.event["timestamp"] for item in items]
+        now = perf_counter()
+        seconds[self.source.id] = now - started
         for stage in self.middle:
+            started = now
             items = self._guarded(stage.id, stage.process, items, ctx)
+            now = perf_counter()
+            seconds[stage.id] = now - started
         self._guarded(self.sink.id, self.sink.emit, items, ctx)
+        seconds[self.sink.id] = perf_counter() - now
         return ctx
 
     def _decode_one_by_one(self, batch: list[SourceMessage], ctx: BatchContext) -> list[Item]:

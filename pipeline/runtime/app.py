@@ -6,15 +6,16 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import faust
 
 from pipeline.core.batch import BatchContext
 from pipeline.core.processor import Processor
 from pipeline.core.records import SourceMessage
-from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport
-from pipeline.runtime.output import OutputProducer
+from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport, batch_consumer
+from pipeline.metrics import PipelineMetrics, geoip_build_epochs
+from pipeline.runtime.output import DeliveryFailed, OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
 from pipeline.runtime.rocksdb_options import RocksDBMemory, store_url
 from pipeline.runtime.state import StagedWrites, TableDedupeStore
@@ -41,9 +42,12 @@ class TopologyAgent:
     output is acknowledged, which is what makes the batch's offsets committable.
     """
 
-    def __init__(self, processor: Processor, output: OutputProducer) -> None:
+    def __init__(
+        self, processor: Processor, output: OutputProducer, metrics: PipelineMetrics | None = None
+    ) -> None:
         self.processor = processor
         self.output = output
+        self.metrics = metrics
         self.stores: list[TableDedupeStore] = []
         self.events_in = 0
         self.batches = 0
@@ -60,14 +64,30 @@ class TopologyAgent:
         for (stage_id, outcome), n in ctx.counters.items():
             if outcome in ("duplicate", "drop", "repartitioned"):
                 self.dropped[f"{stage_id}:{outcome}"] += n
+        if self.metrics is not None:
+            self.metrics.record_batch(
+                ctx,
+                received=Counter(message.topic for message in messages),
+                emitted=Counter(topic for topic, _, _ in ctx.outputs),
+                stage_seconds=ctx.stage_seconds,
+                event_timestamps_ms=ctx.event_times_ms,
+            )
         return PreparedBatch(ctx, [(store, store.take_staged()) for store in self.stores])
 
     async def deliver(self, batch: PreparedBatch) -> None:
         # State changes travel with the outputs and reach the local store only once both are
         # acknowledged (state.py explains why).
+        started = time.perf_counter()
         for store, staged in batch.state:
             store.produce_staged(staged)
-        await self.output.send_batch(batch.ctx.outputs)
+        try:
+            await self.output.send_batch(batch.ctx.outputs)
+        except DeliveryFailed as exc:
+            if self.metrics is not None:
+                self.metrics.record_delivery(time.perf_counter() - started, failed_messages=exc.failed)
+            raise
+        if self.metrics is not None:
+            self.metrics.record_delivery(time.perf_counter() - started)
         for store, staged in batch.state:
             store.apply(staged)
             store.after_delivery()
@@ -134,6 +154,80 @@ def _sweeper(store: TableDedupeStore, rocksdb_memory: RocksDBMemory | None = Non
     return sweep_expired
 
 
+def update_consumer_gauges(metrics: PipelineMetrics, consumer: Any, topics: Sequence[str]) -> None:
+    """Assigned partitions and lag (high watermark − next offset to process) of the batch topics,
+    from what the consumer already knows (no broker round trip)."""
+    wanted = set(topics)
+    assigned: dict[str, list[int]] = {topic: [] for topic in topics}
+    lags: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic not in wanted:
+            continue
+        assigned[tp.topic].append(tp.partition)
+        highwater = consumer.highwater(tp)
+        position = consumer._read_offset.get(tp)
+        if highwater is not None and highwater >= 0 and position is not None:
+            lags[(tp.topic, tp.partition)] = max(0, highwater - position)
+    metrics.set_assignment(assigned)
+    metrics.set_consumer_lag(lags)
+
+
+def add_web_views(
+    app: PipelineApp, metrics: PipelineMetrics, refresh_gauges: Callable[[], None]
+) -> None:
+    """``/metrics`` (Prometheus), ``/health`` (liveness) and ``/ready`` (readiness)."""
+
+    # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
+    content_type = metrics.content_type.split("; charset")[0]
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        try:
+            refresh_gauges()
+        except Exception:  # noqa: BLE001 - a gauge must not break the scrape (nor the worker)
+            log.exception("could not refresh gauges")
+        return web.bytes(metrics.render(), content_type=content_type)
+
+    @app.page("/health")
+    async def health_view(web: Any, request: Any) -> Any:
+        problems = health_problems(app)
+        status = 503 if problems else 200
+        return web.json({"status": "failing" if problems else "ok", "problems": problems}, status=status)
+
+    @app.page("/ready")
+    async def ready_view(web: Any, request: Any) -> Any:
+        waiting = readiness_problems(app)
+        status = 503 if waiting else 200
+        return web.json({"ready": not waiting, "waiting_for": waiting}, status=status)
+
+
+def health_problems(app: PipelineApp) -> list[str]:
+    """Why the worker is not healthy: its fetch loop (the topology's agent) stopped or failed.
+    Empty while it starts (``/ready`` covers that)."""
+    problems = []
+    if app.should_stop:
+        problems.append("the worker is stopping")
+    consumer = app.consumer
+    if isinstance(consumer, BatchConsumer):
+        if consumer.drain_failure is not None:
+            problems.append(f"the agent failed: {consumer.drain_failure!r}")
+        elif consumer.drain_started and not consumer.draining and not app.rebalancing:
+            problems.append("the agent is not running")
+    return problems
+
+
+def readiness_problems(app: PipelineApp) -> list[str]:
+    """What the worker still waits for before it processes events."""
+    waiting = []
+    if app.rebalancing:
+        waiting.append("rebalance")
+    if not app.consumer.assignment():
+        waiting.append("partition assignment")
+    elif not app.tables.actives_ready:
+        waiting.append("table recovery")
+    return waiting
+
+
 def repartition_topic_name(group_id: str, stage_id: str) -> str:
     return f"{group_id}-{stage_id}-repartition"
 
@@ -158,12 +252,14 @@ def create_app(
         linger_ms=settings.producer_linger_ms,
         extra=settings.extra_kafka,
     )
-    agent = TopologyAgent(processor, output)
     source = topology.spec.source
     partitions = source_partitions or source.partitions
     group_id = group_id_for(topology, settings)
     dedupe_stages = [s for s in processor.middle if isinstance(s, DedupeStage)]
     repartition_topics = [repartition_topic_name(group_id, s.id) for s in dedupe_stages]
+    metrics = PipelineMetrics.for_topology(topology, repartition_topics=repartition_topics)
+    metrics.set_stage_statuses(processor.statuses())
+    agent = TopologyAgent(processor, output, metrics)
     app = PipelineApp(
         group_id,
         agent=agent,
@@ -231,6 +327,20 @@ def create_app(
     @app.timer(interval=10.0, on_leader=False)
     async def report_progress() -> None:
         log.info("%s", agent.report())
+
+    geoip_stages = [
+        s for s in processor.middle if getattr(s, "enricher_name", None) == "geoip"
+    ]
+
+    def refresh_gauges() -> None:
+        """Gauges read from state rather than counted per batch; before every scrape."""
+        update_consumer_gauges(metrics, batch_consumer(app), [source.topic, *repartition_topics])
+        for stage, store in zip(dedupe_stages, agent.stores, strict=True):
+            metrics.set_dedupe_keys(stage.id, store.estimated_size())
+        for stage in geoip_stages:
+            metrics.set_geoip_databases(stage.id, geoip_build_epochs(stage.enricher))
+
+    add_web_views(app, metrics, refresh_gauges)
 
     @app.on_before_shutdown.connect
     async def close_output(_app: Any, **_: Any) -> None:

@@ -75,6 +75,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
     """aiokafka consumer whose batch topics skip Faust's per-message delivery."""
 
     fetch_max_wait_ms: int = 100
+    drain_started: bool = False
+    draining: bool = False
+    """True while the fetch loop that feeds the batch handler runs (``/health``)."""
+    drain_failure: Optional[BaseException] = None
+    """Why the fetch loop stopped, if it failed."""
 
     batch_topics: frozenset[str] = frozenset()
     batch_handler: Optional[BatchHandler] = None
@@ -135,6 +140,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # at the top of the next iteration.
         prefetch: Optional[asyncio.Future[Any]] = None
         fetched_in = self._assignment_generation
+        self.draining = self.drain_started = True
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
@@ -194,9 +200,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
         except Exception as exc:
+            self.drain_failure = exc
             self.log.exception("Drain messages raised: %r", exc)
             raise
         finally:
+            self.draining = False
             if prefetch is not None:
                 prefetch.cancel()
             self.diag.unset_flag(CONSUMER_FETCHING)

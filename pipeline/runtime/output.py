@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 class DeliveryFailed(PipelineError):
     """The broker did not take some outputs within the delivery timeout."""
 
+    def __init__(self, message: str, *, failed: int) -> None:
+        super().__init__(message)
+        self.failed = failed
+        """How many messages were not delivered."""
+
 
 class OutputProducer:
     def __init__(
@@ -96,11 +101,14 @@ class OutputProducer:
         """Block until everything enqueued is acknowledged; raise if anything failed."""
         remaining = self._producer.flush(self._delivery_timeout_s)
         if remaining:
-            raise DeliveryFailed(f"{remaining} messages not delivered within the timeout")
+            raise DeliveryFailed(
+                f"{remaining} messages not delivered within the timeout", failed=remaining
+            )
         if self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryFailed(
-                f"{len(failures)} messages failed delivery; first: {failures[0].str()}"
+                f"{len(failures)} messages failed delivery; first: {failures[0].str()}",
+                failed=len(failures),
             )
 
     async def send_batch(self, outputs: Sequence[Output]) -> None:
