@@ -1,7 +1,10 @@
 """``pipeline run``: the topology's stages in-process, file in, files out, no broker.
 
 The same ``Processor`` the worker uses, so what a data engineer sees here is what the worker
-does. Every input line ends up in exactly one output file.
+does. Every input line ends up in exactly one output file. Stages that derive records of their
+own (the aggregate stage's final windowed records and late-event copies) write them to their
+topics' files too; those are counted apart, under ``aggregates``, so ``outputs + dropped = input``
+still holds. At the end of the input every aggregate window is closed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator
 import orjson
 
 from pipeline.core.processor import Processor
-from pipeline.core.records import RawMessage
+from pipeline.core.records import Output, RawMessage
 from pipeline.topology.model import Topology
 
 BATCH_SIZE = 5000
@@ -31,6 +34,9 @@ class RunSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     """Events removed on purpose, by ``<stage>:<why>`` (duplicates, dropped bots): with the
     outputs they account for every input line."""
+    aggregates: dict[str, int] = field(default_factory=dict)
+    """Records derived from the events rather than one per event (aggregate records, copies of
+    late events), by topic. Not part of ``outputs``."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -38,6 +44,7 @@ class RunSummary:
             "outputs": self.outputs,
             "dropped": self.dropped,
             "dead_letters": self.dead_letters,
+            "aggregates": self.aggregates,
         }
 
 
@@ -61,6 +68,7 @@ def run_file(
     processor = Processor(topology, clock=clock)
     output_dir.mkdir(parents=True, exist_ok=True)
     topics = list(topology.spec.topics)
+    derived = {t for stage in processor.middle for t in getattr(stage, "derived_topics", ())}
     counts = dict.fromkeys(topics, 0)
     dead: dict[str, int] = {}
     dropped: dict[str, int] = {}
@@ -79,11 +87,20 @@ def run_file(
                     batch = []
             if batch:
                 total += _flush(processor, batch, files, counts, dead, dropped)
+        for stage in processor.middle:
+            close_all = getattr(stage, "close_all", None)
+            if close_all is not None:
+                _write(close_all(), files, counts)
     finally:
         for f in files.values():
             f.close()
     summary = RunSummary(
-        total, counts, dict(sorted(dead.items())), time.monotonic() - started, dict(sorted(dropped.items()))
+        total,
+        {t: n for t, n in counts.items() if t not in derived},
+        dict(sorted(dead.items())),
+        time.monotonic() - started,
+        dict(sorted(dropped.items())),
+        {t: n for t, n in counts.items() if t in derived},
     )
     (output_dir / "summary.json").write_bytes(
         orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
@@ -100,11 +117,7 @@ def _flush(
     dropped: dict[str, int],
 ) -> int:
     ctx = processor.process(batch)
-    for topic, _key, value in ctx.outputs:
-        out = files[topic]
-        out.write(value)
-        out.write(b"\n")
-        counts[topic] += 1
+    _write(ctx.outputs, files, counts)
     for (stage, outcome), n in ctx.counters.items():
         if outcome in DROP_OUTCOMES:
             name = f"{stage}:{outcome}"
@@ -113,3 +126,11 @@ def _flush(
         name = f"{stage}:{reason}"
         dead[name] = dead.get(name, 0) + n
     return len(batch)
+
+
+def _write(outputs: list[Output], files: dict[str, BinaryIO], counts: dict[str, int]) -> None:
+    for topic, _key, value in outputs:
+        out = files[topic]
+        out.write(value)
+        out.write(b"\n")
+        counts[topic] += 1

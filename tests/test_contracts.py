@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.core.avro_check import compile_schema
 from pipeline.embedded import run_file
+from pipeline.stages.aggregate import AggregateConfig
 from pipeline.topology import load_topology
 from pipeline.traffic import TrafficProfile, generate
 
@@ -47,10 +48,22 @@ def test_outputs_conform_to_declared_schemas(path: Path, tmp_path: Path) -> None
     dead_letter = compile_schema(topology.schemas["dead_letter"])
     dead_letter_avro = fastavro.parse_schema(topology.schemas["dead_letter"])
     dl_topic = topology.spec.dead_letter.topic
+    aggregate_schema = orjson.loads((REPO / "avro" / "aggregate.avsc").read_bytes())
+    aggregate = compile_schema(aggregate_schema)
+    aggregate_avro = fastavro.parse_schema(aggregate_schema)
+    aggregate_topics = {
+        config.output.topic
+        for config in topology.stage_configs.values()
+        if isinstance(config, AggregateConfig)
+    }
     checked = 0
     for topic in topology.spec.topics:
         for line in (out / f"{topic}.jsonl").read_bytes().splitlines():
             record = orjson.loads(line)
+            if topic in aggregate_topics:
+                assert aggregate(record, "") is None
+                assert fastavro.validation.validate(record, aggregate_avro)
+                continue  # derived records, not one per input event
             if topic == dl_topic:
                 assert dead_letter(record, "") is None
                 assert fastavro.validation.validate(record, dead_letter_avro)
@@ -59,6 +72,7 @@ def test_outputs_conform_to_declared_schemas(path: Path, tmp_path: Path) -> None
                 assert fastavro.validation.validate(to_avro_form(record), envelope_avro)
             checked += 1
     assert checked == 3000 - resent, "every input once, resent events dropped by dedupe"
+    assert sum(summary.aggregates.values()) > 0 or not aggregate_topics
 
 
 @pytest.mark.parametrize("path", TOPOLOGIES, ids=[p.stem for p in TOPOLOGIES])

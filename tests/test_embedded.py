@@ -18,6 +18,9 @@ from pipeline.topology import Topology
 FIXED = 1_795_000_000.0
 NOW_MS = int(FIXED * 1000)
 TOPICS = {"revenue_events", "error_events", "processed_events", "bot_events", "invalid_events"}
+"""The topics events are routed to (one output per input line)."""
+DERIVED = {"aggregates"}
+"""Topics of records derived from the events (the aggregate stages' final records)."""
 
 
 def base64_or_text(record: dict) -> bytes:
@@ -80,9 +83,12 @@ def write_input(path: Path, lines: list[bytes], *, final_newline: bool = True) -
     return data
 
 
-def output_lines(out: Path) -> dict[str, list[bytes]]:
+def output_lines(out: Path, *, derived: bool = False) -> dict[str, list[bytes]]:
+    """The lines of each topic's file (the derived topics only with ``derived``)."""
     result = {}
     for file in sorted(out.glob("*.jsonl")):
+        if file.stem in DERIVED and not derived:
+            continue
         data = file.read_bytes()
         assert data == b"" or data.endswith(b"\n")
         result[file.stem] = data.splitlines()
@@ -184,7 +190,7 @@ def test_summary_json_shape(example_topology: Topology, tmp_path: Path) -> None:
     lines = [value for value, _, _ in MIXED]
     summary, _ = run(example_topology, tmp_path, lines)
     written = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
-    assert set(written) == {"input", "outputs", "dropped", "dead_letters"}
+    assert set(written) == {"input", "outputs", "dropped", "dead_letters", "aggregates"}
     assert written["input"] == len(lines)
     assert set(written["outputs"]) == TOPICS
     assert all(isinstance(n, int) for n in written["outputs"].values())
@@ -216,12 +222,13 @@ def test_empty_input_file(example_topology: Topology, tmp_path: Path) -> None:
     source.write_bytes(b"")
     summary = run_file(example_topology, source, tmp_path / "out", clock=lambda: FIXED)
     assert summary.input == 0
-    assert set(output_lines(tmp_path / "out")) == TOPICS
+    assert set(output_lines(tmp_path / "out", derived=True)) == TOPICS | DERIVED
     assert orjson.loads((tmp_path / "out" / "summary.json").read_bytes()) == {
         "input": 0,
-        "outputs": dict.fromkeys(example_topology.spec.topics, 0),
+        "outputs": dict.fromkeys(TOPICS, 0),
         "dropped": {},
         "dead_letters": {},
+        "aggregates": dict.fromkeys(DERIVED, 0),
     }
 
 
@@ -294,3 +301,23 @@ def test_resent_lines_are_accounted_as_dropped_duplicates(
     assert sum(summary.outputs.values()) == 2
     assert summary.dropped == {"dedupe:duplicate": 3}
     assert sum(summary.outputs.values()) + sum(summary.dropped.values()) == summary.input == 5
+
+
+def test_aggregate_records_are_written_and_counted_apart(
+    example_topology: Topology, tmp_path: Path
+) -> None:
+    lines = [line("page_viewed", user=f"u{i}") for i in range(3)] + [
+        line("purchase_completed", properties=PURCHASE)
+    ]
+    summary, _ = run(example_topology, tmp_path, lines)
+    assert sum(summary.outputs.values()) + sum(summary.dropped.values()) == summary.input == 4
+    records = [orjson.loads(v) for v in output_lines(tmp_path / "out", derived=True)["aggregates"]]
+    assert summary.aggregates == {"aggregates": len(records)}
+    by_aggregate = {(r["aggregate"], tuple(r["group"].values())): r for r in records}
+    start = (NOW_MS - 60_000) // 60_000 * 60_000
+    events = by_aggregate[("events_per_minute", ("page_viewed",))]
+    assert (events["window_start"], events["window_end"]) == (start, start + 60_000)
+    assert events["measures"] == {"events": 3}
+    assert by_aggregate[("revenue_per_minute", ("EUR",))]["measures"] == {"orders": 1, "revenue": 12.5}
+    assert by_aggregate[("active_users_per_minute", ())]["measures"] == {"users": 3}  # u0, u1, u2
+    assert by_aggregate[("active_users_per_day", ())]["window_start"] == start // 86_400_000 * 86_400_000

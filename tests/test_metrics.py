@@ -159,6 +159,7 @@ def test_for_topology_reads_stages_and_topics(example_topology: Topology) -> Non
     assert received == {"raw_events", "pipeline-ecommerce-dedupe-repartition"}
     emitted = {s["topic"] for s in series(metrics, "pipeline_events_emitted_total")}
     assert emitted == {
+        "aggregates",
         "revenue_events",
         "error_events",
         "processed_events",

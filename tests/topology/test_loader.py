@@ -88,6 +88,7 @@ def test_shipped_example_loads_cleanly() -> None:
     assert isinstance(topology.stage_config("validate"), ValidateConfig)
     assert isinstance(topology.stage_config("route"), RouteConfig)
     assert set(topology.output_topics) == {
+        "aggregates",
         "bot_events",
         "revenue_events",
         "error_events",

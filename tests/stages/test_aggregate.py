@@ -1,0 +1,191 @@
+"""The aggregate stage on plain data: config, pass-through, late events, closing, checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from pipeline.core.batch import BatchContext
+from pipeline.core.deadletter import DeadLetterBuilder
+from pipeline.core.records import Item, RawMessage
+from pipeline.errors import TopologyError
+from pipeline.stages.aggregate import AggregateConfig, AggregateStage
+from pipeline.topology import Topology
+
+MIN = 60_000
+T0 = 1_795_000_020_000 // MIN * MIN
+WALL = 1_795_000_100_000
+
+CONFIG: dict[str, Any] = {
+    "window": {"type": "tumbling", "size": "1m", "grace": "30s"},
+    "group_by": ["event"],
+    "measures": [
+        {"id": "events", "type": "count"},
+        {"id": "users", "type": "distinct", "field": "identity", "method": "hll"},
+    ],
+    "output": {"topic": "aggregates"},
+    "late_events": {"topic": "late"},
+}
+
+
+def ctx(now_ms: int = WALL) -> BatchContext:
+    builder = DeadLetterBuilder(
+        topic="dlq", topology_name="t", topology_version="1", max_payload_bytes=4096
+    )
+    return BatchContext(now_ms=now_ms, dead_letter=builder)
+
+
+def item(ts: int, name: str = "page_viewed", partition: int = 0, **extra: Any) -> Item:
+    event = {"event": name, "timestamp": ts, "user_id": "u1", **extra}
+    return Item(event, RawMessage(value=orjson.dumps(event), key=b"u1", partition=partition))
+
+
+def stage(**overrides: Any) -> AggregateStage:
+    return AggregateStage("per_minute", AggregateConfig.model_validate({**CONFIG, **overrides}))
+
+
+def records(
+    outputs: list[tuple[str, bytes | None, bytes]], topic: str = "aggregates"
+) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for t, _, v in outputs if t == topic]
+
+
+def test_items_pass_through_and_final_records_come_when_the_window_closes() -> None:
+    s = stage()
+    c = ctx()
+    items = [item(T0 + 1), item(T0 + 2, "add_to_cart"), item(T0 + 3, partition=1)]
+    assert s.process(items, c) is items
+    assert records(c.outputs) == []
+    assert c.counters[("per_minute", "aggregated")] == 3
+    c = ctx()
+    s.process([item(T0 + MIN + 30_000), item(T0 + MIN + 30_000, partition=1)], c)
+    got = records(c.outputs)
+    assert [(r["group"], r["measures"], r["partitions"]) for r in got] == [
+        ({"event": "add_to_cart"}, {"events": 1, "users": 1}, [0]),
+        ({"event": "page_viewed"}, {"events": 2, "users": 1}, [0, 1]),
+    ]
+    assert all(r["aggregate"] == "per_minute" and r["window_start"] == T0 for r in got)
+    key = next(k for t, k, _ in c.outputs if t == "aggregates")
+    assert orjson.loads(key) == ["per_minute", {"event": "add_to_cart"}]
+
+
+def test_late_events_are_counted_copied_and_still_passed_on() -> None:
+    s = stage()
+    s.process([item(T0 + 1), item(T0 + 2 * MIN)], ctx())
+    c = ctx()
+    late = [item(T0 + 5), item(T0 + 6, consent_stripped=True)]
+    assert s.process(late, c) == late
+    assert c.counters[("per_minute", "late")] == 2
+    copies = [(k, orjson.loads(v)) for t, k, v in c.outputs if t == "late"]
+    assert copies == [(b"u1", late[0].event), (None, late[1].event)]
+
+
+def test_without_late_topic_late_events_are_only_counted() -> None:
+    s = stage(late_events=None)
+    s.process([item(T0 + 2 * MIN)], ctx())
+    c = ctx()
+    s.process([item(T0)], c)
+    assert c.counters[("per_minute", "late")] == 1 and c.outputs == []
+    assert s.derived_topics == {"aggregates"}
+
+
+def test_idle_partition_closes_by_wall_clock_on_tick() -> None:
+    s = stage(idle_after="1m")
+    s.process([item(T0 + 1), item(T0 + 1, partition=1)], ctx())
+    assert s.tick(WALL + MIN - 1) == []
+    got = records(s.tick(WALL + MIN))
+    assert [r["measures"]["events"] for r in got] == [2]
+
+
+def test_close_all_emits_every_open_window() -> None:
+    s = stage()
+    s.process([item(T0), item(T0 + 5 * MIN, partition=3)], ctx())
+    got = records(s.close_all())
+    assert [(r["window_start"], r["partitions"]) for r in got] == [(T0, [0]), (T0 + 5 * MIN, [3])]
+    assert s.close_all() == []
+
+
+def test_snapshot_shows_open_windows() -> None:
+    s = stage()
+    s.process([item(T0)], ctx())
+    snap = s.snapshot()
+    [window] = snap["partitions"]["0"]["windows"]
+    assert window["groups"][0]["measures"] == {"events": 1, "users": 1}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"window": {"type": "hopping", "size": "1m", "advance": "2m"}},
+            "advance cannot be larger",
+        ),
+        ({"window": {"type": "sliding", "size": "1m"}}, "does not match any of the expected tags"),
+        ({"window": {"type": "tumbling", "size": "0s"}}, "size must be positive"),
+        ({"window": {"type": "tumbling", "size": 0.0001}}, "whole number of milliseconds"),
+        ({"measures": [{"id": "s", "type": "sum"}]}, "needs a field"),
+        ({"measures": [{"id": "c", "type": "count", "method": "hll"}]}, "only for distinct"),
+        (
+            {"measures": [{"id": "d", "type": "distinct", "field": "x", "precision": 12}]},
+            "only for distinct measures with method: hll",
+        ),
+        (
+            {"measures": [{"id": "a", "type": "count"}, {"id": "a", "type": "count"}]},
+            "duplicate measure ids",
+        ),
+        ({"measures": []}, "at least 1 item"),
+        ({"late_events": {"topic": "aggregates"}}, "cannot share a topic"),
+        ({"group_by": ["a..b"]}, "should match pattern"),
+        ({"where": [{"field": "event", "op": "gt", "value": "x"}]}, "needs a number"),
+        ({"bogus": 1}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_configs(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AggregateConfig.model_validate({**CONFIG, **change})
+
+
+STAGE_YAML = """  - id: route
+    type: route
+"""
+
+
+def with_aggregate(yaml_stage: str) -> dict[str, str]:
+    return {STAGE_YAML: yaml_stage + STAGE_YAML}
+
+
+def test_topology_checks_report_paths(make_topology: Callable[..., Topology]) -> None:
+    bad = """  - id: sums
+    type: aggregate
+    window: {type: tumbling, size: 1m}
+    measures: [{id: s, type: sum}]
+    output: {topic: nowhere}
+    late_events: {topic: revenue_events}
+"""
+    with pytest.raises(TopologyError) as err:
+        make_topology(replace=with_aggregate(bad))
+    index = next(p.path for p in err.value.problems if "needs a field" in p.message)
+    assert index.endswith(".measures[0]")
+    bad_topics = bad.replace("[{id: s, type: sum}]", "[{id: s, type: count}]")
+    with pytest.raises(TopologyError) as err:
+        make_topology(replace=with_aggregate(bad_topics))
+    messages = {p.message for p in err.value.problems}
+    assert "topic 'nowhere' is not declared under topics" in messages
+    assert any("route's topic" in m for m in messages)
+
+
+def test_shipped_topology_aggregates(example_topology: Topology) -> None:
+    ids = [s.id for s in example_topology.spec.stages]
+    aggregates = [s.id for s in example_topology.spec.stages if s.type == "aggregate"]
+    assert aggregates == [
+        "events_per_minute",
+        "revenue_per_minute",
+        "errors_per_minute",
+        "active_users_per_minute",
+        "active_users_per_day",
+    ]
+    assert ids.index("active_users_per_day") == ids.index("route") - 1
