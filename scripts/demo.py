@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.produce import produce
 from pipeline.runtime.admin import admin_client, ensure_topics
@@ -26,19 +26,27 @@ from pipeline.traffic import TrafficProfile, generate
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sizes(settings: Settings, topics: list[str]) -> dict[str, int]:
-    metadata = admin_client(settings).list_topics(timeout=10)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "demo-probe"})
-    try:
-        return {
-            t: sum(
-                consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-                for p in metadata.topics[t].partitions
-            )
-            for t in topics
-        }
-    finally:
-        consumer.close()
+def sizes(settings: Settings, topics: list[str], *, attempts: int = 30) -> dict[str, int]:
+    """Messages per topic. Retries for a while: just after the broker starts (or a topic is
+    created) a partition can briefly have no leader."""
+    for attempt in range(attempts):
+        metadata = admin_client(settings).list_topics(timeout=10)
+        consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "demo-probe"})
+        try:
+            return {
+                t: sum(
+                    consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                    for p in metadata.topics[t].partitions
+                )
+                for t in topics
+            }
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+        finally:
+            consumer.close()
+    raise AssertionError("unreachable")
 
 
 def last_record(settings: Settings, topic: str) -> dict | None:
