@@ -17,13 +17,13 @@ class BatchContext:
     """
 
     __slots__ = (
+        "_dead_letter",
+        "counters",
+        "dead_letters",
+        "event_times_ms",
         "now_ms",
         "outputs",
-        "dead_letters",
-        "counters",
         "stage_seconds",
-        "event_times_ms",
-        "_dead_letter",
     )
 
     def __init__(self, *, now_ms: int, dead_letter: DeadLetterBuilder) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pipeline.core.batch import BatchContext
 from pipeline.core.deadletter import DeadLetterBuilder

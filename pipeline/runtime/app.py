@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import faust
 
 from pipeline.core.batch import BatchContext
 from pipeline.core.processor import Processor
 from pipeline.core.records import SourceMessage
-from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport, batch_consumer
 from pipeline.metrics import PipelineMetrics, geoip_build_epochs
+from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport, batch_consumer
 from pipeline.runtime.output import DeliveryFailed, OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
 from pipeline.runtime.rocksdb_options import RocksDBMemory, store_url
@@ -74,6 +75,12 @@ class TopologyAgent:
                 event_timestamps_ms=ctx.event_times_ms,
             )
         return PreparedBatch(ctx, [(store, store.take_staged()) for store in self.stores])
+
+    def discard(self, batch: PreparedBatch) -> None:
+        # Its events will be read and processed again: their staged keys must not make them
+        # look like duplicates then.
+        for store, staged in batch.state:
+            store.unstage(staged)
 
     async def deliver(self, batch: PreparedBatch) -> None:
         # State changes travel with the outputs and reach the local store only once both are
@@ -185,7 +192,7 @@ def add_web_views(
     async def metrics_view(web: Any, request: Any) -> Any:
         try:
             refresh_gauges()
-        except Exception:  # noqa: BLE001 - a gauge must not break the scrape (nor the worker)
+        except Exception:
             log.exception("could not refresh gauges")
         return web.bytes(metrics.render(), content_type=content_type)
 

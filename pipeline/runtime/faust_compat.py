@@ -31,14 +31,18 @@ fails if the upstream methods this relies on change.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Set, cast
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import (
+    Any,
+    Protocol,
+    cast,
+)
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from pipeline.core.records import SourceMessage
-
 
 
 class BatchHandler(Protocol):
@@ -49,6 +53,9 @@ class BatchHandler(Protocol):
 
     async def deliver(self, prepared: Any) -> None:
         """Send a prepared batch's outputs and state; return once the broker has them all."""
+
+    def discard(self, prepared: Any) -> None:
+        """Forget a prepared batch that will not be delivered (its records are read again)."""
 
 
 FAUST_VERSION_TESTED = "0.15.3"
@@ -78,12 +85,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
     drain_started: bool = False
     draining: bool = False
     """True while the fetch loop that feeds the batch handler runs (``/health``)."""
-    drain_failure: Optional[BaseException] = None
+    drain_failure: BaseException | None = None
     """Why the fetch loop stopped, if it failed."""
 
     batch_topics: frozenset[str] = frozenset()
-    batch_handler: Optional[BatchHandler] = None
-    _inflight: Optional["asyncio.Future[None]"] = None
+    batch_handler: BatchHandler | None = None
+    _inflight: asyncio.Future[None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,18 +107,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     # -- commit bookkeeping ---------------------------------------------------------------------
 
-    def _new_offset(self, tp: TP) -> Optional[int]:
+    def _new_offset(self, tp: TP) -> int | None:
         if tp.topic in self.batch_topics:
             return self._delivered_offsets.get(tp)
         return super()._new_offset(tp)
 
-    async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._assignment_generation += 1
         for tp in revoked:
             self._delivered_offsets.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
-    async def on_partitions_assigned(self, assigned: Set[TP], generation_id: int = 0) -> None:
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._assignment_generation += 1
         await super().on_partitions_assigned(assigned, generation_id)
 
@@ -138,7 +145,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # The fetch of the next batch runs (in Faust's consumer thread, mostly waiting on the
         # broker) while this batch's stages run: started before handing a batch over, awaited
         # at the top of the next iteration.
-        prefetch: Optional[asyncio.Future[Any]] = None
+        prefetch: asyncio.Future[Any] | None = None
         fetched_in = self._assignment_generation
         self.draining = self.drain_started = True
         try:
@@ -151,14 +158,19 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 else:
                     records, active_partitions = await prefetch
                     prefetch = None
+                generation = fetched_in  # of these records
                 # Faust sleeps here too: getmany can return at once in a loop.
                 await self.sleep(0)
                 if not records or self.should_stop:
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     continue
-                if not self.flow_active or fetched_in != self._assignment_generation:
+                if not self.flow_active or generation != self._assignment_generation:
                     # A rebalance started (or happened) since the fetch: drop the records; they
-                    # are fetched again from the committed offsets.
+                    # are fetched again from the committed offsets. Once the rebalance is over,
+                    # first commit what was delivered since, or it would be processed again.
+                    if self.flow_active:
+                        await self._wait_inflight()
+                        await self.commit()
                     await self.perform_seek()
                     continue
                 batch: dict[TP, list[Any]] = {}
@@ -185,7 +197,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     fetched_in = self._assignment_generation
                     prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 if batch:
-                    await self._handle_batch(batch)
+                    await self._handle_batch(batch, generation)
                 for tp, record in others:
                     await self._deliver_one(tp, record, callback, get_read_offset, set_read_offset)
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -209,7 +221,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 prefetch.cancel()
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _handle_batch(self, batch: Mapping[TP, list[Any]]) -> None:
+    async def _handle_batch(self, batch: Mapping[TP, list[Any]], generation: int) -> None:
         handler = self.batch_handler
         if handler is None:
             raise RuntimeError("BatchConsumer has batch topics but no handler")
@@ -221,7 +233,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
         for tp, tp_records in batch.items():
             # Processed: never hand these records over again (until a seek resets the offset).
             self._read_offset[tp] = tp_records[-1].offset + 1
-        await self._wait_inflight()
+        try:
+            await self._wait_inflight()
+        except BaseException:
+            handler.discard(prepared)  # stopping (or the previous delivery failed): never sent
+            raise
+        if generation != self._assignment_generation:
+            # A rebalance happened while the previous batch was delivered: these records were
+            # fetched before it and are read again from the committed offsets (by this worker or
+            # the partition's new owner). Sending them now would duplicate them.
+            handler.discard(prepared)
+            return
         # Shielded: cancelling the fetcher (rebalance, shutdown) must not abandon a batch
         # half-sent; wait_empty() awaits it instead.
         self._inflight = asyncio.ensure_future(self._deliver_batch(handler, prepared, batch))
@@ -246,7 +268,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         assignment = self.assignment()
         for tp, tp_records in batch.items():
             if tp in assignment:
-                self._acked[tp]  # noqa: B018 - registers the TP with Faust's commit loop
+                self._acked[tp]
                 self._delivered_offsets[tp] = tp_records[-1].offset + 1
 
     async def _deliver_one(
@@ -254,7 +276,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         tp: TP,
         record: Any,
         callback: Callable[[Any], Awaitable[None]],
-        get_read_offset: Callable[[TP], Optional[int]],
+        get_read_offset: Callable[[TP], int | None],
         set_read_offset: Callable[[TP, int], None],
     ) -> None:
         """Faust's own per-message path (as in ``Consumer._drain_messages``)."""

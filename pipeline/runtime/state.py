@@ -152,6 +152,19 @@ class TableDedupeStore:
                 for key, value in encoded:
                     produce(topic, key, value, partition, on_delivery)
 
+    def unstage(self, staged: StagedWrites) -> None:
+        """Take a batch's staged keys off the overlay without writing them (the batch will not
+        be delivered; its events are processed again later)."""
+        for partition, encoded in staged:
+            pending = self._pending.get(partition)
+            if pending is None:
+                continue
+            for key, value in encoded:
+                if pending.get(key) == value:
+                    del pending[key]
+            if not pending:
+                del self._pending[partition]
+
     def apply(self, staged: StagedWrites) -> None:
         """Write a delivered batch's staged keys to the local store and take them off the
         overlay. Call only once their changelog records and the batch's outputs are acknowledged."""

@@ -82,12 +82,16 @@ class _Handler:
     def __init__(self, fail: bool = False) -> None:
         self.prepared: list[list[object]] = []
         self.delivered: list[list[object]] = []
+        self.discarded: list[list[object]] = []
         self.fail = fail
         self.release = asyncio.Event()
 
     def prepare(self, messages):  # type: ignore[no-untyped-def]
         self.prepared.append(list(messages))
         return list(messages)
+
+    def discard(self, prepared):  # type: ignore[no-untyped-def]
+        self.discarded.append(prepared)
 
     async def deliver(self, prepared):  # type: ignore[no-untyped-def]
         await self.release.wait()
@@ -111,13 +115,13 @@ def test_batch_topics_commit_delivered_offsets_only(consumer: BatchConsumer) -> 
 
     async def scenario() -> None:
         assert consumer._new_offset(tp) is None, "nothing delivered yet"
-        await consumer._handle_batch({tp: first})
+        await consumer._handle_batch({tp: first}, 0)
         assert handler.prepared == [first]
         assert consumer._read_offset[tp] == 13, "read offset = next offset to read, as after a seek"
         assert consumer._new_offset(tp) is None, "prepared but not acknowledged: not committable"
 
         # The next batch is prepared while the first is still in flight...
-        handle_second = asyncio.ensure_future(consumer._handle_batch({tp: second}))
+        handle_second = asyncio.ensure_future(consumer._handle_batch({tp: second}, 0))
         await asyncio.sleep(0)
         assert handler.prepared == [first, second]
         assert not handle_second.done(), "...but not sent before the first is acknowledged"
@@ -144,7 +148,7 @@ def test_failed_delivery_is_not_committable_and_is_raised(consumer: BatchConsume
     consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
 
     async def scenario() -> None:
-        await consumer._handle_batch({tp: [_Record(5)]})
+        await consumer._handle_batch({tp: [_Record(5)]}, 0)
         await asyncio.sleep(0.01)
         with pytest.raises(RuntimeError, match="delivery failed"):
             consumer._raise_failed_delivery()
@@ -174,3 +178,25 @@ def test_batch_consumer_uses_its_own_consumer_thread(consumer: BatchConsumer) ->
     from pipeline.runtime.faust_compat import BatchConsumerThread
 
     assert isinstance(consumer._new_consumer_thread(), BatchConsumerThread)
+
+
+def test_a_batch_fetched_before_a_rebalance_is_discarded_not_sent(consumer: BatchConsumer) -> None:
+    handler = _Handler()
+    consumer.use_batches(["raw"], handler)
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    first, second = [_Record(1)], [_Record(2)]
+
+    async def scenario() -> None:
+        await consumer._handle_batch({tp: first}, 0)
+        handle_second = asyncio.ensure_future(consumer._handle_batch({tp: second}, 0))
+        await asyncio.sleep(0)
+        consumer._assignment_generation += 2  # revoked and assigned while the first was in flight
+        handler.release.set()
+        await handle_second
+        await consumer._wait_inflight()
+
+    asyncio.run(scenario())
+    assert handler.delivered == [first]
+    assert handler.discarded == [second], "its dedupe keys are unstaged, its records read again"
+    assert consumer._new_offset(tp) == 2

@@ -361,3 +361,10 @@ def test_delivery_offsets_are_persisted_and_failures_reported(store: TableDedupe
 def test_estimated_size(store: TableDedupeStore) -> None:
     deliver(store, 0, [(b"a", 10), (b"b", 10)])
     assert store.estimated_size() == 2
+
+
+def test_an_unstaged_batch_leaves_nothing_behind(store: TableDedupeStore) -> None:
+    store.remember(0, [(b"k", 10_000)])
+    store.unstage(store.take_staged())
+    assert store.seen(0, [b"k"], now_ms=100) == [False], "read again later, it is not a duplicate"
+    assert store._pending == {}
