@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,10 +79,18 @@ def topic_size(topic: str) -> int:
         return 0
     consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "size-probe"})
     try:
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in info.partitions
-        )
+        for attempt in range(30):
+            try:
+                return sum(
+                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in info.partitions
+                )
+            except KafkaException:
+                # A partition of a topic created a moment ago can briefly have no leader.
+                if attempt == 29:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
     finally:
         consumer.close()
 
