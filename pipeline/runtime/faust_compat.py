@@ -131,7 +131,24 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await inflight
             except Exception:  # noqa: BLE001 - already reported by the drain loop
                 pass
+        # Faust's commit() does not commit when another commit is in progress: it only waits
+        # for that one, which took its offsets before the batch above was delivered. Let any
+        # such commit finish first, and commit again while deliveries are still uncommitted.
+        await self.maybe_wait_for_commit_to_finish()
         await super().wait_empty()
+        for _ in range(3):
+            if not self._uncommitted_deliveries():
+                break
+            await self.maybe_wait_for_commit_to_finish()
+            await self.commit()
+
+    def _uncommitted_deliveries(self) -> dict[TP, int]:
+        assignment = self.assignment()
+        return {
+            tp: offset
+            for tp, offset in self._delivered_offsets.items()
+            if tp in assignment and offset > (self._committed_offset.get(tp) or -1)
+        }
 
     # -- fetching -------------------------------------------------------------------------------
 
