@@ -399,6 +399,7 @@ class PipelineMetrics:
         topology: Any,
         *,
         repartition_topics: Collection[str] = (),
+        partials_topic: str | None = None,
         version: str = pipeline.__version__,
         max_groups: int = 50,
         clock: Callable[[], float] = time.time,
@@ -407,8 +408,9 @@ class PipelineMetrics:
     ) -> PipelineMetrics:
         """The metrics of a loaded ``Topology`` (its stages, topics and dedupe settings).
 
-        ``repartition_topics``: the worker's repartition topic per dedupe stage (they depend on
-        the consumer group, which the topology does not know).
+        ``repartition_topics``: the worker's repartition topic per dedupe stage, and
+        ``partials_topic`` the one its aggregate stages exchange partials on (they depend on the
+        consumer group, which the topology does not know).
         """
         spec = topology.spec
         enrichers: dict[str, str] = {}
@@ -424,13 +426,14 @@ class PipelineMetrics:
                 if config.on_duplicate == "topic":
                     duplicates_to_topic.append(stage.id)
                     duplicate_topics.append(config.topic)
-        return cls(
+        internal = [partials_topic] if partials_topic else []
+        metrics = cls(
             topology=topology.name,
             topology_version=topology.version,
             version=version,
-            input_topics=[spec.source.topic, *repartition_topics],
+            input_topics=[spec.source.topic, *repartition_topics, *internal],
             output_topics=list(
-                dict.fromkeys([*spec.topics, *duplicate_topics, *repartition_topics])
+                dict.fromkeys([*spec.topics, *duplicate_topics, *repartition_topics, *internal])
             ),
             enrichers=enrichers,
             dedupe_stages=dedupe_stages,
@@ -440,6 +443,10 @@ class PipelineMetrics:
             process_metrics=process_metrics,
             lag_sample_every=lag_sample_every,
         )
+        for stage in spec.stages:
+            if stage.type == "aggregate":
+                metrics.late_events.labels(stage.id)  # starts at 0
+        return metrics
 
     # -- per batch -----------------------------------------------------------------------------
 
@@ -495,6 +502,8 @@ class PipelineMetrics:
                     child(self.events_dropped, stage, DROP_DUPLICATE).inc(n)
             elif outcome == "repartitioned":
                 child(self.events_dropped, stage, DROP_REPARTITIONED).inc(n)
+            elif outcome == "late":  # an aggregate stage: events past the grace period
+                child(self.late_events, stage).inc(n)
             # Other outcomes ("unique", a stage's "error") are counted elsewhere: stage errors
             # are dead letters with reason stage_error.
 

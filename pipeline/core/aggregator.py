@@ -8,9 +8,13 @@ it returns to the combiner.
 
 Time. The partition's *stream time* is the largest event timestamp it has seen. Its *watermark*
 is the time up to which its windows are final: the stream time, or — when the partition has
-received no event for ``idle_after_ms`` of wall-clock time — the wall clock, so a quiet partition
-does not hold windows open forever (and the combiner, which waits for every partition, does not
-wait forever). The watermark never goes back: a window, once closed, is never reopened.
+received no event for ``idle_after_ms`` of wall-clock time — its stream time moved on by the
+wall-clock time since its last event, so a quiet partition does not hold windows open forever
+(and the combiner, which waits for every partition, does not wait forever). Moving on from the
+stream time rather than jumping to the wall clock keeps a partition that is behind (a backlog,
+a replay of old events) from declaring its next events late after a pause; a partition that
+never had an event uses the wall clock. The watermark never goes back: a window, once closed,
+is never reopened.
 
 Lateness. Events are taken in batch order, each judged against the watermark as it was *before*
 that event (so within a batch an event that advances stream time can make a later one late,
@@ -19,11 +23,20 @@ is still open (``end + grace > watermark``); it is *late* when none is, and is t
 returned to the caller (for a late-events topic), never added. With hopping windows an event can
 miss some of its windows and reach others: it is added to the open ones and counted as
 ``partially_late``.
+
+Live values. Besides the closing partials, ``live_partials()`` gives the current partials of the
+open windows that changed since it was last called; the worker sends them now and then, and the
+combiner, which keeps the latest partial per (window, group, partition), can then show the open
+windows' values before they are final.
+
+Replays. The state also records, per input topic, the next source offset not yet aggregated
+(``note_offsets`` / ``already_applied``), so events replayed after a crash that lost the
+consumer's offset commit but not this state are not counted twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +143,8 @@ class AggregateSpec:
 
 @dataclass(frozen=True, slots=True)
 class Partial:
-    """One partition's partial aggregate of one (window, group), sent when the window closes."""
+    """One partition's partial aggregate of one (window, group), sent when the window closes
+    (and, for open windows, periodically as a live value: the combiner keeps the latest)."""
 
     aggregate: str
     partition: int
@@ -191,8 +205,16 @@ class PartitionAggregator:
         """``closed_through`` of the last close marker returned."""
         self.late_events = 0
         self.overflowed = 0
+        self.offsets: dict[str, int] = {}
+        """Per input topic: the next source offset not yet aggregated (last offset + 1). Kept in
+        the same state as the windows, so after a crash that lost the consumer's offset commit
+        but not the state, a replayed event can be recognised and not added twice."""
         self._dirty: set[tuple[bytes, int, Group]] = set()
-        self._meta_dirty = False
+        self._meta_dirty = True
+        """Starts set: a new one's meta is not stored yet (``from_state`` clears it once the
+        stored meta is read), so the drained changes add up to ``to_state()`` from the start."""
+        self._live_dirty: set[tuple[int, Group]] = set()
+        """Open (window start, group)s changed since the last ``live_partials()`` (not state)."""
         self._getters = tuple(field_getter(p) for p in spec.group_by)
         self._values = tuple(
             (field_getter(m.field) if m.field else None, m.kind) for m in spec.measures
@@ -251,6 +273,7 @@ class PartitionAggregator:
                 for measure, value in zip(measures, values):
                     measure.update(value)  # type: ignore[arg-type]
                 self._dirty.add((b"w", start, group))
+                self._live_dirty.add((start, group))
             result.added += 1
         self.stream_time = stream_time
         self.watermark = watermark
@@ -259,6 +282,20 @@ class PartitionAggregator:
         self.overflowed += result.overflowed
         self._meta_dirty = True
         return result
+
+    def note_offsets(self, offsets: Mapping[str, int]) -> None:
+        """Record, per input topic, the next source offset not yet aggregated (``last + 1``).
+        Only ever moves forward: a batch replayed after a crash must not lower it."""
+        for topic, offset in offsets.items():
+            previous = self.offsets.get(topic)
+            if previous is None or offset > previous:
+                self.offsets[topic] = offset
+                self._meta_dirty = True
+
+    def already_applied(self, topic: str, offset: int) -> bool:
+        """Whether the event at ``offset`` of ``topic`` is already in these aggregates."""
+        next_offset = self.offsets.get(topic)
+        return next_offset is not None and offset < next_offset
 
     def _group_of(self, event: dict[str, Any]) -> Group:
         return tuple(render_group_value(get(event)) for get in self._getters)
@@ -283,10 +320,12 @@ class PartitionAggregator:
     def close_due(self, now_ms: int, idle_after_ms: int | None) -> list[Partial | CloseMarker]:
         """Close the windows the watermark has passed; when the partition has been idle for
         ``idle_after_ms`` of wall-clock time (None: never idle), the watermark first advances to
-        ``now_ms``. Returns their partials, then a close marker when the watermark passed the
-        close time of another window since the last marker."""
-        if idle_after_ms is not None and now_ms - self.last_event_wall_ms >= idle_after_ms:
-            self._advance(now_ms)
+        the stream time plus the wall-clock time since the last event (``now_ms`` if there was
+        none). Returns their partials, then a close marker when the watermark passed the close
+        time of another window since the last marker."""
+        idle_for = now_ms - self.last_event_wall_ms
+        if idle_after_ms is not None and idle_for >= idle_after_ms:
+            self._advance(now_ms if self.stream_time is None else self.stream_time + idle_for)
         return self._close()
 
     def close_all(self) -> list[Partial | CloseMarker]:
@@ -324,6 +363,8 @@ class PartitionAggregator:
                 records.append(Partial(spec.name, self.partition, start, end, group, data))
                 self._dirty.add((b"w", start, group))
                 self._dirty.add((b"r", start, group))
+                # The closing partial above is the last word: no live partial may follow it.
+                self._live_dirty.discard((start, group))
             self.recent[start] = encoded
         retain = spec.retain
         for start in [s for s in self.recent if window.end(s) + retain <= watermark]:
@@ -336,6 +377,30 @@ class PartitionAggregator:
             self.marked_through = watermark
             self._meta_dirty = True
         return records
+
+    def live_partials(self) -> list[Partial]:
+        """The current partials of the open (window, group)s changed since the last call, by
+        window start then group: sent periodically, so that the combiner (which keeps the latest
+        partial per window, group and partition) can serve live values of open windows."""
+        spec = self.spec
+        window = spec.window
+        partials = []
+        for start, group in sorted(self._live_dirty, key=lambda sg: (sg[0], _group_order(sg[1]))):
+            measures = self.open.get(start, {}).get(group)
+            if measures is None:  # closed since: its closing partial was the last word
+                continue
+            partials.append(
+                Partial(
+                    spec.name,
+                    self.partition,
+                    start,
+                    window.end(start),
+                    group,
+                    encode_measures(measures),
+                )
+            )
+        self._live_dirty.clear()
+        return partials
 
     # --- queries --------------------------------------------------------------------------
 
@@ -381,9 +446,9 @@ class PartitionAggregator:
         }
 
     # --- state ----------------------------------------------------------------------------
-    # Keys: b"m" (meta: JSON), b"w:<start>:<group JSON>" (an open window's group: measures
-    # bytes), b"r:<start>:<group JSON>" (a recent, closed one). A table per aggregate, keyed
-    # within the source partition, holds them.
+    # Keys: b"m" (meta: JSON, with the source offsets), b"w:<start>:<group JSON>" (an open
+    # window's group: measures bytes), b"r:<start>:<group JSON>" (a recent, closed one). A table
+    # per aggregate, keyed within the source partition, holds them.
 
     def _meta(self) -> bytes:
         return orjson.dumps(
@@ -395,6 +460,7 @@ class PartitionAggregator:
                 "marked_through": self.marked_through,
                 "late_events": self.late_events,
                 "overflowed": self.overflowed,
+                "offsets": self.offsets,
             }
         )
 
@@ -423,6 +489,11 @@ class PartitionAggregator:
                 value = self.recent.get(start, {}).get(group)
             changes[self._key(kind, start, group)] = value
         self._dirty.clear()
+        # The meta record goes last (dicts keep insertion order): the runtime produces the
+        # changes in this order, and an idempotent producer writes one partition in order, so a
+        # meta record (with its source offsets) that reached the changelog implies that the
+        # window records before it did too: the replay guard never skips an event whose effect
+        # was lost.
         if self._meta_dirty:
             changes[b"m"] = self._meta()
             self._meta_dirty = False
@@ -450,6 +521,9 @@ class PartitionAggregator:
                 agg.marked_through = meta["marked_through"]
                 agg.late_events = meta["late_events"]
                 agg.overflowed = meta["overflowed"]
+                # Optional (absent in state written before offsets were kept): no guard then.
+                agg.offsets = dict(meta.get("offsets") or {})
+                agg._meta_dirty = False
                 continue
             kind, start_text, group_text = key.split(b":", 2)
             start = int(start_text)

@@ -9,17 +9,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import faust
+import yarl
 
 from pipeline.core.batch import BatchContext
 from pipeline.core.processor import Processor
 from pipeline.core.records import SourceMessage
 from pipeline.metrics import PipelineMetrics, geoip_build_epochs
+from pipeline.runtime.aggregates import AggregateRuntime, partials_topic_name
 from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport, batch_consumer
 from pipeline.runtime.output import DeliveryFailed, OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
 from pipeline.runtime.rocksdb_options import RocksDBMemory, store_url
-from pipeline.runtime.state import StagedWrites, TableDedupeStore
+from pipeline.runtime.state import TableDedupeStore
 from pipeline.settings import Settings
 from pipeline.stages.aggregate import AggregateStage
 from pipeline.stages.dedupe import DedupeStage
@@ -30,10 +33,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class PreparedBatch:
-    """A processed batch waiting to be delivered: its outputs and its dedupe writes."""
+    """A processed batch waiting to be delivered: its outputs and its state changes."""
 
     ctx: BatchContext
-    state: list[tuple[TableDedupeStore, StagedWrites]]
+    state: list[tuple[Any, Any]]
+    """(store, its staged changes): dedupe tables and the aggregates' table."""
 
 
 class TopologyAgent:
@@ -50,7 +54,9 @@ class TopologyAgent:
         self.processor = processor
         self.output = output
         self.metrics = metrics
-        self.stores: list[TableDedupeStore] = []
+        self.stores: list[Any] = []
+        """Tables written a batch at a time (``TableDedupeStore``, ``AggregateRuntime``)."""
+        self.aggregates: AggregateRuntime | None = None
         self.events_in = 0
         self.batches = 0
         self.dead_letters = 0
@@ -59,7 +65,15 @@ class TopologyAgent:
         self._last_report = (time.monotonic(), 0)
 
     def prepare(self, messages: Sequence[SourceMessage]) -> PreparedBatch:
-        ctx = self.processor.process(messages)
+        aggregates = self.aggregates
+        if aggregates is None:
+            ctx = self.processor.process(messages)
+        else:
+            aggregates.ensure_loaded()
+            events, partials = aggregates.split(messages)
+            ctx = self.processor.process(events)
+            if partials:
+                aggregates.combine(partials, ctx)
         self.events_in += len(messages)
         self.batches += 1
         self.dead_letters += sum(ctx.dead_letters.values())
@@ -75,6 +89,28 @@ class TopologyAgent:
                 event_timestamps_ms=ctx.event_times_ms,
             )
         return PreparedBatch(ctx, [(store, store.take_staged()) for store in self.stores])
+
+    def prepare_idle(self) -> PreparedBatch | None:
+        """No record for a while: close the aggregate windows that are due by the clock."""
+        aggregates = self.aggregates
+        if aggregates is None:
+            return None
+        aggregates.ensure_loaded()
+        ctx = self.processor.new_context()
+        aggregates.tick(ctx)
+        state = [(store, store.take_staged()) for store in self.stores]
+        if not ctx.outputs and not any(staged for _, staged in state):
+            return None
+        if self.metrics is not None:
+            self.metrics.record_batch(
+                ctx, received=Counter(), emitted=Counter(topic for topic, _, _ in ctx.outputs),
+                stage_seconds={}, event_timestamps_ms=[],
+            )
+        return PreparedBatch(ctx, state)
+
+    def assigned(self, assigned: set[Any]) -> None:
+        if self.aggregates is not None:
+            self.aggregates.assigned(assigned)
 
     def discard(self, batch: PreparedBatch) -> None:
         # Its events will be read and processed again: their staged keys must not make them
@@ -209,6 +245,61 @@ def add_web_views(
         return web.json({"ready": not waiting, "waiting_for": waiting}, status=status)
 
 
+def update_aggregate_gauges(metrics: PipelineMetrics, runtime: AggregateRuntime) -> None:
+    """``pipeline_aggregate_value``: the current window of each aggregate combined on this
+    worker (so each series comes from exactly one worker)."""
+    for aggregate, measures in runtime.live_values().items():
+        for measure, (_, by_group) in measures.items():
+            metrics.set_aggregate_values(aggregate, measure, by_group)
+
+
+def add_aggregate_views(app: PipelineApp, runtime: AggregateRuntime, *, changelog_table: str) -> None:
+    """``GET /aggregates`` (what there is) and ``GET /aggregates/{name}`` (current and recent
+    windows, combined over every partition: served by the worker combining the aggregate, and
+    forwarded there from any other worker)."""
+
+    @app.page("/aggregates")
+    async def list_view(web: Any, request: Any) -> Any:
+        return web.json({"aggregates": runtime.describe()})
+
+    @app.page("/aggregates/{name}")
+    async def aggregate_view(web: Any, request: Any, name: str) -> Any:
+        if name not in runtime.stages:
+            return web.json(
+                {"error": f"no aggregate {name!r}", "aggregates": sorted(runtime.stages)},
+                status=404,
+            )
+        snapshot = runtime.snapshot(name)
+        if snapshot is not None:
+            return web.json(snapshot)
+        if request.query.get("forwarded"):
+            return web.json({"error": "not combined here (a rebalance is under way?)"}, status=503)
+        url = combining_worker_url(app, changelog_table, runtime.combiner_partition[name])
+        if url is None:
+            return web.json({"error": "no worker combines it right now (rebalance?)"}, status=503)
+        try:
+            target = url.with_path(f"/aggregates/{name}").with_query({"forwarded": "1"})
+            async with app.http_client.get(target, timeout=aiohttp.ClientTimeout(total=5)) as response:
+                return web.bytes(
+                    await response.read(), content_type="application/json", status=response.status
+                )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return web.json({"error": f"the combining worker {url} did not answer: {exc!r}"}, status=502)
+
+
+def combining_worker_url(app: Any, table_name: str, partition: int) -> Any:
+    """The web URL of the worker that owns ``partition`` of the table (from the assignor)."""
+    try:
+        hosts = app.router.table_metadata(table_name)
+    except Exception:  # noqa: BLE001 - no assignment yet
+        return None
+    for url, topics in hosts.items():
+        for partitions in topics.values():
+            if partition in partitions:
+                return yarl.URL(url)
+    return None
+
+
 def health_problems(app: PipelineApp) -> list[str]:
     """Why the worker is not healthy: its fetch loop (the topology's agent) stopped or failed.
     Empty while it starts (``/ready`` covers that)."""
@@ -253,16 +344,7 @@ def create_app(
     declared one when the topic existed before); tables and repartition topics must match it.
     """
     processor = Processor(topology)
-    # Aggregate stages keep their windows in memory and combine only this worker's partitions:
-    # right for `pipeline run`, wrong for a worker group and across restarts until their state
-    # lives in tables (issue 5). Rather than emit partial totals as if final, skip them here.
-    aggregates = [s for s in processor.middle if isinstance(s, AggregateStage)]
-    for stage in aggregates:
-        log.warning(
-            "stage %s: aggregate stages are not run by the worker yet (their state is not kept "
-            "in tables); they run in embedded mode (`pipeline run`)", stage.id,
-        )
-    processor.middle = [s for s in processor.middle if not isinstance(s, AggregateStage)]
+    aggregate_stages = [s for s in processor.middle if isinstance(s, AggregateStage)]
     for stage_id, status in processor.statuses().items():
         log.info("stage %s: %s", stage_id, status)
     output = OutputProducer(
@@ -275,13 +357,17 @@ def create_app(
     group_id = group_id_for(topology, settings)
     dedupe_stages = [s for s in processor.middle if isinstance(s, DedupeStage)]
     repartition_topics = [repartition_topic_name(group_id, s.id) for s in dedupe_stages]
-    metrics = PipelineMetrics.for_topology(topology, repartition_topics=repartition_topics)
+    partials_topic = partials_topic_name(group_id) if aggregate_stages else None
+    internal_topics = [*repartition_topics, *([partials_topic] if partials_topic else [])]
+    metrics = PipelineMetrics.for_topology(
+        topology, repartition_topics=repartition_topics, partials_topic=partials_topic
+    )
     metrics.set_stage_statuses(processor.statuses())
     agent = TopologyAgent(processor, output, metrics)
     app = PipelineApp(
         group_id,
         agent=agent,
-        batch_topics=[source.topic, *repartition_topics],
+        batch_topics=[source.topic, *internal_topics],
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
@@ -303,7 +389,7 @@ def create_app(
         value_serializer="raw",
     )
     # Subscribe without Faust streams: the batch consumer delivers these to the agent.
-    for name in [source.topic, *repartition_topics]:
+    for name in [source.topic, *internal_topics]:
         app.topics.add(app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions))
 
     # RocksDB: every table partition's DB shares one bounded memory budget (rocksdb_options.py).
@@ -342,6 +428,31 @@ def create_app(
             _sweeper(store, rocksdb_memory)
         )
 
+    if aggregate_stages:
+        assert partials_topic is not None
+        table_store = {}
+        if rocksdb_memory is not None:
+            table_store = {"store": store_url("aggregates"), "options": {"memory": rocksdb_memory}}
+        table = app.Table(
+            "aggregates",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            extra_topic_configs={"cleanup.policy": "compact"},
+            **table_store,
+        )
+        runtime = AggregateRuntime(
+            aggregate_stages,
+            table,
+            output,
+            partitions=partitions,
+            source_topics=[source.topic, *repartition_topics],
+            partials_topic=partials_topic,
+        )
+        agent.stores.append(runtime)
+        agent.aggregates = runtime
+        add_aggregate_views(app, runtime, changelog_table="aggregates")
+
     @app.timer(interval=10.0, on_leader=False)
     async def report_progress() -> None:
         log.info("%s", agent.report())
@@ -352,9 +463,12 @@ def create_app(
 
     def refresh_gauges() -> None:
         """Gauges read from state rather than counted per batch; before every scrape."""
-        update_consumer_gauges(metrics, batch_consumer(app), [source.topic, *repartition_topics])
-        for stage, store in zip(dedupe_stages, agent.stores, strict=True):
+        update_consumer_gauges(metrics, batch_consumer(app), [source.topic, *internal_topics])
+        dedupe_stores = [s for s in agent.stores if isinstance(s, TableDedupeStore)]
+        for stage, store in zip(dedupe_stages, dedupe_stores, strict=True):
             metrics.set_dedupe_keys(stage.id, store.estimated_size())
+        if agent.aggregates is not None:
+            update_aggregate_gauges(metrics, agent.aggregates)
         for stage in geoip_stages:
             metrics.set_geoip_databases(stage.id, geoip_build_epochs(stage.enricher))
 

@@ -24,6 +24,12 @@ delivery in flight is shielded from the fetcher's cancellation and awaited by ``
 a rebalance or SIGTERM finishes, delivers and commits the batch in hand before letting go of the
 partitions. A failed delivery is raised in the fetch loop (it never becomes committable).
 
+Two Faust behaviours would otherwise make delivered batches run again, and are handled here:
+on revocation Faust forgets the acknowledged offsets before its own commit, and after recovery
+it resumes the stream partitions before seeking them back to the committed offsets. Both
+revocation and seeking therefore commit what was delivered first, and records fetched before a
+revocation, assignment or seek are dropped and read again.
+
 The methods overridden here mirror faust-streaming 0.15.3; ``tests/runtime/test_faust_compat.py``
 fails if the upstream methods this relies on change.
 """
@@ -57,8 +63,17 @@ class BatchHandler(Protocol):
     def discard(self, prepared: Any) -> None:
         """Forget a prepared batch that will not be delivered (its records are read again)."""
 
+    def prepare_idle(self) -> Any | None:
+        """Called about once a second while no record comes: work due by the clock alone
+        (closing aggregate windows), prepared like a batch without records, or None."""
+
+    def assigned(self, assigned: set[TP]) -> None:
+        """The new assignment (after every rebalance), before its state is recovered."""
+
 
 FAUST_VERSION_TESTED = "0.15.3"
+
+IDLE_TICK_INTERVAL_S = 1.0
 
 
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -95,8 +110,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delivered_offsets: dict[TP, int] = {}
-        # Bumped by every revocation and assignment: records fetched before one are stale.
-        self._assignment_generation = 0
+        self._first_fetched: dict[TP, int] = {}
+        """Per batch partition: the first offset fetched since it was assigned (where to read
+        again from when nothing of it has been delivered yet)."""
+        # Bumped by every revocation, assignment and seek: records fetched before one are stale.
+        self._fetch_epoch = 0
+        # Held while a batch is handed over (checked, then sent) and during a seek, so that no
+        # batch is sent between a seek's commit and the seek itself.
+        self._handover_lock = asyncio.Lock()
+        self._last_idle_tick = 0.0
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -113,32 +135,97 @@ class BatchConsumer(faust_aiokafka.Consumer):
         return super()._new_offset(tp)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        self._assignment_generation += 1
+        self._fetch_epoch += 1
+        # Faust forgets the acknowledged offsets of revoked partitions before its own commit
+        # (Consumer.on_partitions_revoked), so what was delivered since the last periodic commit
+        # would be processed again after every rebalance. Commit it while the partitions are
+        # still ours.
+        await self._commit_deliveries()
         for tp in revoked:
             self._delivered_offsets.pop(tp, None)
+            self._first_fetched.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        self._assignment_generation += 1
+        self._fetch_epoch += 1
+        if self.batch_handler is not None:
+            self.batch_handler.assigned(set(assigned))
         await super().on_partitions_assigned(assigned, generation_id)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, first committing what was already delivered.
+
+        Faust's recovery resumes the stream partitions *before* it seeks them to their committed
+        offsets (``Recovery.on_recovery_completed``); a batch handed over in between would be
+        sent, then read again from the older committed offset. Measured: one batch of 500
+        processed twice in about one restart in four.
+        """
+        async with self._handover_lock:
+            self._fetch_epoch += 1
+            await self._commit_deliveries()
+            await super().perform_seek()
+            # A partition with no committed offset is not moved by Faust's seek: put it back
+            # where its undelivered records start.
+            committed = self._committed_offset
+            for tp in self._batch_assignment():
+                target = self._resume_offset(tp)
+                if target is not None and committed.get(tp) != target:
+                    await self._seek_batch_partition(tp, target)
+            # Records fetched while the seek was under way may still be from before it.
+            self._fetch_epoch += 1
+
+    def _batch_assignment(self) -> list[TP]:
+        return [tp for tp in self.assignment() if tp.topic in self.batch_topics]
+
+    def _resume_offset(self, tp: TP) -> int | None:
+        """Where a batch partition must be read from again: after its last delivered batch,
+        or, when none was delivered since it was assigned, its first fetched record."""
+        delivered = self._delivered_offsets.get(tp)
+        return delivered if delivered is not None else self._first_fetched.get(tp)
+
+    async def _seek_batch_partition(self, tp: TP, offset: int) -> None:
+        try:
+            await self.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
+            self.log.info("Could not seek %r to %d: %r", tp, offset, exc)
+        self._read_offset[tp] = offset
+
+    async def _read_again(self, partitions: Iterable[TP]) -> None:
+        """Records of these batch partitions were dropped, not processed: fetch them again."""
+        self._fetch_epoch += 1  # a fetch in flight may hold more of them
+        assignment = self.assignment()
+        for tp in partitions:
+            target = self._resume_offset(tp)
+            if tp in assignment and target is not None:
+                await self._seek_batch_partition(tp, target)
+        self._fetch_epoch += 1  # and so may one started during the seeks
 
     async def wait_empty(self) -> None:
         """Finish the batch in hand (deliver, mark committable) before Faust commits and lets go."""
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            self.log.info("Waiting for the batch in flight to be delivered...")
-            try:
-                await inflight
-            except Exception:  # noqa: BLE001 - already reported by the drain loop
-                pass
+        await self._settle_inflight()
         # Faust's commit() does not commit when another commit is in progress: it only waits
         # for that one, which took its offsets before the batch above was delivered. Let any
         # such commit finish first, and commit again while deliveries are still uncommitted.
         await self.maybe_wait_for_commit_to_finish()
         await super().wait_empty()
+        await self._commit_deliveries()
+
+    async def _settle_inflight(self) -> None:
+        """Wait for the batch in flight; a failure stays for the drain loop to raise."""
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            self.log.info("Waiting for the batch in flight to be delivered...")
+            try:
+                await asyncio.shield(inflight)
+            except Exception:  # noqa: BLE001 - reported by the drain loop
+                pass
+
+    async def _commit_deliveries(self) -> None:
+        """Commit every delivered batch (the one in flight included) of the assigned partitions."""
+        await self._settle_inflight()
         for _ in range(3):
             if not self._uncommitted_deliveries():
-                break
+                return
             await self.maybe_wait_for_commit_to_finish()
             await self.commit()
 
@@ -163,33 +250,46 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # broker) while this batch's stages run: started before handing a batch over, awaited
         # at the top of the next iteration.
         prefetch: asyncio.Future[Any] | None = None
-        fetched_in = self._assignment_generation
+        fetched_in = self._fetch_epoch
+        fetched_in_generation = self.app.consumer_generation_id
         self.draining = self.drain_started = True
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 self._raise_failed_delivery()
                 if prefetch is None:
-                    fetched_in = self._assignment_generation
+                    fetched_in = self._fetch_epoch
+                    fetched_in_generation = self.app.consumer_generation_id
                     records, active_partitions = await self._wait_next_records(1.0)
                 else:
                     records, active_partitions = await prefetch
                     prefetch = None
                 generation = fetched_in  # of these records
+                consumer_generation = fetched_in_generation
                 # Faust sleeps here too: getmany can return at once in a loop.
                 await self.sleep(0)
                 if not records or self.should_stop:
                     self.diag.unset_flag(CONSUMER_FETCHING)
+                    if not self.should_stop and self._idle_tick_due():
+                        await self._handle_idle(generation)
                     continue
-                if not self.flow_active or generation != self._assignment_generation:
-                    # A rebalance started (or happened) since the fetch: drop the records; they
-                    # are fetched again from the committed offsets. Once the rebalance is over,
-                    # first commit what was delivered since, or it would be processed again.
-                    if self.flow_active:
-                        await self._wait_inflight()
-                        await self.commit()
+                first_fetched = self._first_fetched
+                for tp, tp_records in records.items():
+                    if tp.topic in batch_topics and tp_records and tp not in first_fetched:
+                        first_fetched[tp] = tp_records[0].offset
+                if not self.flow_active:
+                    # As Faust does: a rebalance (or shutdown) is under way; drop the records and
+                    # seek back (perform_seek first commits what was delivered).
                     await self.perform_seek()
                     continue
+                if generation != self._fetch_epoch:
+                    # A rebalance or seek happened since the fetch: these records may be from
+                    # before it. Batch partitions are read again from where their undelivered
+                    # records start; other topics keep Faust's rule (drop on a new generation).
+                    await self._read_again(tp for tp in records if tp.topic in batch_topics)
+                    if consumer_generation != self.app.consumer_generation_id:
+                        continue
+                    records = {tp: r for tp, r in records.items() if tp.topic not in batch_topics}
                 batch: dict[TP, list[Any]] = {}
                 others: list[tuple[TP, Any]] = []
                 for tp, tp_records in records.items():
@@ -211,7 +311,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     else:
                         others.extend((tp, r) for r in tp_records)
                 if batch and not others:
-                    fetched_in = self._assignment_generation
+                    fetched_in = self._fetch_epoch
+                    fetched_in_generation = self.app.consumer_generation_id
                     prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 if batch:
                     await self._handle_batch(batch, generation)
@@ -238,6 +339,25 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 prefetch.cancel()
             self.diag.unset_flag(CONSUMER_FETCHING)
 
+    def _idle_tick_due(self) -> bool:
+        now = self.loop.time()
+        if now - self._last_idle_tick < IDLE_TICK_INTERVAL_S:
+            return False
+        app = self.app
+        # Not while a rebalance or a recovery is under way: the state is not complete then.
+        if not self.flow_active or app.rebalancing or not app.tables.actives_ready:
+            return False
+        self._last_idle_tick = now
+        return True
+
+    async def _handle_idle(self, generation: int) -> None:
+        handler = self.batch_handler
+        if handler is None:
+            return
+        prepared = handler.prepare_idle()
+        if prepared is not None:
+            await self._hand_over(handler, prepared, {}, generation)
+
     async def _handle_batch(self, batch: Mapping[TP, list[Any]], generation: int) -> None:
         handler = self.batch_handler
         if handler is None:
@@ -250,20 +370,29 @@ class BatchConsumer(faust_aiokafka.Consumer):
         for tp, tp_records in batch.items():
             # Processed: never hand these records over again (until a seek resets the offset).
             self._read_offset[tp] = tp_records[-1].offset + 1
-        try:
-            await self._wait_inflight()
-        except BaseException:
-            handler.discard(prepared)  # stopping (or the previous delivery failed): never sent
-            raise
-        if generation != self._assignment_generation:
-            # A rebalance happened while the previous batch was delivered: these records were
-            # fetched before it and are read again from the committed offsets (by this worker or
-            # the partition's new owner). Sending them now would duplicate them.
-            handler.discard(prepared)
-            return
-        # Shielded: cancelling the fetcher (rebalance, shutdown) must not abandon a batch
-        # half-sent; wait_empty() awaits it instead.
-        self._inflight = asyncio.ensure_future(self._deliver_batch(handler, prepared, batch))
+        await self._hand_over(handler, prepared, batch, generation)
+
+    async def _hand_over(
+        self, handler: BatchHandler, prepared: Any, batch: Mapping[TP, list[Any]], generation: int
+    ) -> None:
+        """Send a prepared batch once the one in flight is delivered, unless it went stale."""
+        async with self._handover_lock:
+            try:
+                await self._wait_inflight()
+            except BaseException:
+                handler.discard(prepared)  # stopping (or the previous delivery failed): never sent
+                raise
+            if generation != self._fetch_epoch:
+                # A rebalance or seek happened since these records were fetched: they are read
+                # again (by this worker from where its undelivered records start, or by the
+                # partition's new owner from the committed offset). Sending them now could
+                # duplicate them.
+                handler.discard(prepared)
+                await self._read_again(batch)
+                return
+            # Shielded: cancelling the fetcher (rebalance, shutdown) must not abandon a batch
+            # half-sent; wait_empty() awaits it instead.
+            self._inflight = asyncio.ensure_future(self._deliver_batch(handler, prepared, batch))
 
     async def _wait_inflight(self) -> None:
         """Wait for the batch in flight; raise its delivery failure if it failed."""

@@ -9,30 +9,52 @@ import faust
 from confluent_kafka.admin import NewTopic
 
 from pipeline.runtime.admin import admin_client, ensure_topics, existing_topics
+from pipeline.errors import PipelineError
+from pipeline.runtime.aggregates import partials_topic_name
 from pipeline.runtime.app import create_app, group_id_for, repartition_topic_name
 from pipeline.settings import Settings
+from pipeline.stages.aggregate import AggregateConfig
 from pipeline.stages.dedupe import DedupeConfig
 from pipeline.topology.model import Topology
 
 log = logging.getLogger(__name__)
 
 
-def ensure_repartition_topics(topology: Topology, settings: Settings) -> int:
-    """Create each dedupe stage's repartition topic with the source's real partition count."""
+def internal_topic_names(topology: Topology, settings: Settings) -> list[str]:
+    """The worker's own topics: a repartition topic per dedupe stage, and the aggregates'
+    partials topic. They depend on the consumer group."""
+    group_id = group_id_for(topology, settings)
+    names = [
+        repartition_topic_name(group_id, stage.id)
+        for stage in topology.spec.stages
+        if isinstance(topology.stage_configs.get(stage.id), DedupeConfig)
+    ]
+    if any(isinstance(c, AggregateConfig) for c in topology.stage_configs.values()):
+        names.append(partials_topic_name(group_id))
+    return names
+
+
+def ensure_internal_topics(topology: Topology, settings: Settings) -> int:
+    """Create the worker's own topics with the source's real partition count (Faust assigns
+    partition N of each of them with source partition N). Returns that count."""
     admin = admin_client(settings)
     existing = existing_topics(admin)
     partitions = existing.get(topology.spec.source.topic, topology.spec.source.partitions)
-    group_id = group_id_for(topology, settings)
+    for name in internal_topic_names(topology, settings):
+        if name in existing and existing[name] != partitions:
+            raise PipelineError(
+                f"topic {name} has {existing[name]} partitions but the source has {partitions}: "
+                "delete it (it only holds data in transit) or give the source its old count"
+            )
     missing = [
         NewTopic(
-            repartition_topic_name(group_id, stage.id),
+            name,
             num_partitions=partitions,
             replication_factor=topology.spec.source.replication_factor,
             config={"retention.ms": str(7 * 86_400_000)},
         )
-        for stage in topology.spec.stages
-        if isinstance(topology.stage_configs.get(stage.id), DedupeConfig)
-        and repartition_topic_name(group_id, stage.id) not in existing
+        for name in internal_topic_names(topology, settings)
+        if name not in existing
     ]
     if missing:
         for name, future in admin.create_topics(missing).items():
@@ -41,7 +63,7 @@ def ensure_repartition_topics(topology: Topology, settings: Settings) -> int:
             except Exception as exc:  # noqa: BLE001 - a concurrent worker may have won the race
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
-            log.info("created repartition topic %s", name)
+            log.info("created internal topic %s", name)
     return partitions
 
 
@@ -61,7 +83,7 @@ def run_worker(topology: Topology, settings: Settings) -> int:
     created = ensure_topics(topology, settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
-    partitions = ensure_repartition_topics(topology, settings)
+    partitions = ensure_internal_topics(topology, settings)
     (settings.data_dir / topology.name).mkdir(parents=True, exist_ok=True)
     app = create_app(topology, settings, source_partitions=partitions)
     tune_gc()

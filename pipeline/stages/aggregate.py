@@ -27,9 +27,11 @@ Events later than the grace period are counted (``late``) and, with ``late_event
 that topic as event JSON; they still pass through to route.
 
 In embedded mode (``pipeline run``) the stage combines its own partitions and closes every
-window at the end of the input (``close_all``). In the worker, until the runtime keeps the state
-in tables, the partition aggregators live in memory and a partition that gets no event for
-``idle_after`` (wall clock) closes its windows by the wall clock.
+window at the end of the input (``close_all``). In the worker (``pipeline.runtime.aggregates``)
+the partials go to a partials topic instead, every ``live_interval`` for the open windows too,
+and the one worker that owns the aggregate's partition of that topic combines them; the state
+lives in a table. A partition that gets no event for ``idle_after`` (wall clock) closes its
+windows by the wall clock, so a quiet partition does not hold the aggregate back.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from pipeline.core.aggregator import (
     CloseMarker,
     Partial,
     PartitionAggregator,
+    encode_record,
 )
 from pipeline.core.batch import BatchContext
 from pipeline.core.combiner import WindowCombiner
@@ -165,6 +168,9 @@ class AggregateConfig(Strict):
     idle_after: Duration = 60.0
     """A partition that receives no event for this long (wall clock) closes its windows by the
     wall clock, so a quiet partition does not hold the aggregate's windows open."""
+    live_interval: Duration = 2.0
+    """Worker: how often each partition sends the changed partials of its open windows to the
+    combining worker, which serves them live (``GET /aggregates/{name}``, gauges)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> AggregateConfig:
@@ -244,9 +250,38 @@ class AggregateStage:
         self.output_topic = config.output.topic
         self.late_topic = config.late_events.topic if config.late_events else None
         self.idle_after_ms = _whole_ms(config.idle_after, "idle_after", positive=False)
+        self.live_interval_ms = max(1, round(config.live_interval * 1000))
         self.aggregators: dict[int, PartitionAggregator] = {}
         self._track_partitions = partitions is None
-        self.combiner = WindowCombiner(self.spec, () if partitions is None else partitions)
+        self.combiner: WindowCombiner | None = WindowCombiner(
+            self.spec, () if partitions is None else partitions
+        )
+        self.partials_topic: str | None = None
+        """Worker mode: partials go to this topic (keyed by the aggregate's name) instead of the
+        local combiner, which only the combining worker has."""
+        self._partials_key = stage_id.encode()
+        self._live_sent_ms = 0
+
+    # --- worker mode (pipeline.runtime.aggregates) -------------------------------------------
+
+    def use_partials(self, topic: str) -> None:
+        self.partials_topic = topic
+        self.combiner = None
+        self._track_partitions = False
+
+    def load(
+        self, aggregators: dict[int, PartitionAggregator], combiner: WindowCombiner | None
+    ) -> None:
+        """Replace the in-memory state (rebuilt from the store after an assignment or a
+        discarded batch)."""
+        self.aggregators = aggregators
+        self.combiner = combiner
+
+    def combine(self, records: list[Partial | CloseMarker]) -> list[Output]:
+        """Partials and markers from the partials topic → the final records now due."""
+        if self.combiner is None:
+            raise RuntimeError(f"aggregate {self.id!r} is not combined by this worker")
+        return self._outputs(self.combiner.add(records))
 
     @property
     def derived_topics(self) -> frozenset[str]:
@@ -260,7 +295,7 @@ class AggregateStage:
                 self.spec, partition, created_ms=now_ms
             )
             if self._track_partitions:
-                self.combiner.set_partitions(self.aggregators)  # a new partition completes nothing
+                self._local_combiner().set_partitions(self.aggregators)  # completes nothing new
         return agg
 
     def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
@@ -268,10 +303,26 @@ class AggregateStage:
         for item in items:
             by_partition.setdefault(item.message.partition, []).append(item)
         counters = ctx.counters
+        worker = self.partials_topic is not None
         for partition, batch in by_partition.items():
-            result = self.aggregator(partition, ctx.now_ms).add(
-                [i.event for i in batch], ctx.now_ms
-            )
+            aggregator = self.aggregator(partition, ctx.now_ms)
+            if worker:
+                # The state may already hold some of these (a crash lost the offset commit but
+                # not the changelog): never add an event twice.
+                offsets: dict[str, int] = {}
+                for item in batch:
+                    message = item.message
+                    if message.offset >= offsets.get(message.topic, -1):
+                        offsets[message.topic] = message.offset + 1
+                fresh = [
+                    i for i in batch
+                    if not aggregator.already_applied(i.message.topic, i.message.offset)
+                ]
+                if len(fresh) < len(batch):
+                    counters[(self.id, "replayed")] += len(batch) - len(fresh)
+                    batch = fresh
+                aggregator.note_offsets(offsets)
+            result = aggregator.add([i.event for i in batch], ctx.now_ms)
             counters[(self.id, "aggregated")] += result.added
             for outcome in ("filtered", "partially_late", "overflowed"):
                 if n := getattr(result, outcome):
@@ -292,20 +343,35 @@ class AggregateStage:
         records: list[Partial | CloseMarker] = []
         for agg in self.aggregators.values():
             records.extend(agg.close_due(now_ms, self.idle_after_ms))
-        return self._outputs(self.combiner.add(records)) if records else []
+        if self.partials_topic is not None:
+            if now_ms - self._live_sent_ms >= self.live_interval_ms:
+                self._live_sent_ms = now_ms
+                for agg in self.aggregators.values():
+                    records.extend(agg.live_partials())
+            return self._partials(records)
+        return self._outputs(self._local_combiner().add(records)) if records else []
+
+    def _local_combiner(self) -> WindowCombiner:
+        if self.combiner is None:
+            raise RuntimeError(f"aggregate {self.id!r} has no local combiner")
+        return self.combiner
+
+    def _partials(self, records: list[Partial | CloseMarker]) -> list[Output]:
+        topic, key = self.partials_topic, self._partials_key
+        return [(topic, key, encode_record(r)) for r in records]  # type: ignore[misc]
 
     def close_all(self) -> list[Output]:
         """End of input (embedded mode): close every window and return the final records."""
         records: list[Partial | CloseMarker] = []
         for agg in self.aggregators.values():
             records.extend(agg.close_all())
-        return self._outputs(self.combiner.add(records)) if records else []
+        return self._outputs(self._local_combiner().add(records)) if records else []
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "aggregate": self.id,
             "partitions": {str(p): a.snapshot() for p, a in sorted(self.aggregators.items())},
-            "pending": self.combiner.snapshot(),
+            "pending": self.combiner.snapshot() if self.combiner is not None else None,
         }
 
     def _outputs(self, finals: list[dict[str, Any]]) -> list[Output]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from pipeline.core.aggregator import (
     CLOSED_FOREVER,
     AggregateSpec,
@@ -176,12 +178,24 @@ def test_idle_partition_closes_by_wall_clock() -> None:
     agg = PartitionAggregator(s, 3, created_ms=WALL)
     agg.add([ev(T0 + 1)], WALL)
     assert agg.close_due(WALL + 59_999, idle_after_ms=60_000) == [CloseMarker("agg", 3, T0 + 1)]
-    far = T0 + 10 * MIN
-    records = agg.close_due(far, idle_after_ms=60_000)  # idle for long enough: wall clock closes
+    far = WALL + 10 * MIN
+    records = agg.close_due(far, idle_after_ms=60_000)  # idle for long enough: the clock closes
     assert values(records, s) == {(T0, ()): {"events": 1}}
-    assert markers(records) == [far]
+    # Event time moved on by the wall-clock time since the last event, from the stream time.
+    assert markers(records) == [T0 + 1 + 10 * MIN]
     # the window is closed for good: an event for it is late now
     assert agg.add([ev(T0 + 2)], far).late == [0]
+
+
+def test_a_partition_behind_the_clock_stays_behind_when_idle() -> None:
+    # Old events (a backlog, a replay): a pause must not make the next ones late.
+    s = spec()
+    hour_ago = T0 - 60 * MIN
+    agg = PartitionAggregator(s, 0, created_ms=WALL)
+    agg.add([ev(hour_ago + 1_000)], WALL)
+    assert markers(agg.close_due(WALL + 20_000, idle_after_ms=2_000)) in ([], [hour_ago + 21_000])
+    assert agg.watermark == hour_ago + 21_000
+    assert agg.add([ev(hour_ago + 15_000)], WALL + 20_000).late == []
 
 
 def test_a_partition_without_events_goes_idle_too() -> None:
@@ -289,3 +303,121 @@ def test_an_exception_while_reading_a_batch_changes_nothing() -> None:
     else:  # pragma: no cover
         raise AssertionError("expected a TypeError")
     assert agg.to_state() == before
+
+
+def apply_changes(table: dict[bytes, bytes], changes: dict[bytes, bytes | None]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+
+def test_live_partials_only_for_changed_open_windows() -> None:
+    s = spec(group_by=("event",))
+    agg = PartitionAggregator(s, 1, created_ms=WALL)
+    assert agg.live_partials() == []
+    agg.add([ev(T0 + MIN, "a"), ev(T0, "b"), ev(T0 + 1, "a")], WALL)
+    agg.drain_changes()
+    live = agg.live_partials()
+    # by window start, then group; the current values, with the window's end and partition
+    assert [(p.window_start, p.window_end, p.group, p.partition) for p in live] == [
+        (T0, T0 + MIN, ("a",), 1),
+        (T0, T0 + MIN, ("b",), 1),
+        (T0 + MIN, T0 + 2 * MIN, ("a",), 1),
+    ]
+    assert values(live, s) == {
+        (T0, ("a",)): {"events": 1},
+        (T0, ("b",)): {"events": 1},
+        (T0 + MIN, ("a",)): {"events": 1},
+    }
+    assert agg.drain_changes() == {}  # live partials are not state
+    assert agg.live_partials() == []  # nothing changed since the last call
+    agg.add([ev(T0 + 2, "b"), ev(T0 + 3, "b")], WALL)
+    assert values(agg.live_partials(), s) == {(T0, ("b",)): {"events": 3}}
+
+
+def test_live_partials_of_the_overflow_group() -> None:
+    s = spec(group_by=("user_id",), max_groups=1)
+    agg = PartitionAggregator(s, 0, created_ms=WALL)
+    agg.add([ev(T0, user_id="u1"), ev(T0, user_id="u2")], WALL)
+    assert values(agg.live_partials(), s) == {
+        (T0, ("u1",)): {"events": 1},
+        (T0, None): {"events": 1},
+    }
+
+
+def test_no_live_partials_for_closed_windows() -> None:
+    s = spec()
+    agg = PartitionAggregator(s, 0, created_ms=WALL)
+    agg.add([ev(T0), ev(T0 + MIN)], WALL)
+    agg.add([ev(T0 + MIN + 30_000)], WALL)  # closes window T0 at the next close_due
+    closed = agg.close_due(WALL, None)
+    assert values(closed, s) == {(T0, ()): {"events": 1}}
+    # T0 changed since the last call but is closed now: its closing partial was the last word
+    assert (T0, ()) not in agg._live_dirty
+    assert values(agg.live_partials(), s) == {(T0 + MIN, ()): {"events": 2}}
+    agg.add([ev(T0 + MIN + 1)], WALL)
+    agg.close_all()
+    assert agg._live_dirty == set()
+    assert agg.live_partials() == []
+
+
+def test_source_offsets_only_move_forward_and_are_kept_in_state() -> None:
+    s = spec()
+    agg = PartitionAggregator(s, 0, created_ms=WALL)
+    assert agg.offsets == {} and not agg.already_applied("events", 0)
+    agg.add([ev(T0)], WALL)
+    agg.note_offsets({"events": 11, "other": 3})
+    agg.note_offsets({"events": 7, "other": 4})  # a replayed batch never lowers an offset
+    assert agg.offsets == {"events": 11, "other": 4}
+    assert agg.already_applied("events", 10) and not agg.already_applied("events", 11)
+    assert agg.already_applied("other", 0) and not agg.already_applied("unknown", 0)
+    changes = agg.drain_changes()
+    assert list(changes)[-1] == b"m"  # meta last: its offsets imply the records before it
+    assert orjson.loads(changes[b"m"])["offsets"] == {"events": 11, "other": 4}
+    agg.note_offsets({"events": 11, "other": 2})
+    assert agg.drain_changes() == {}  # nothing moved: nothing to write
+
+    state = agg.to_state()
+    back = PartitionAggregator.from_state(s, 0, state.items(), now_ms=WALL)
+    assert back.offsets == {"events": 11, "other": 4} and back.to_state() == state
+    assert back.already_applied("events", 10)
+
+    # meta written before offsets were kept (same state version): no offsets, no guard
+    meta = orjson.loads(state[b"m"])
+    del meta["offsets"]
+    old = PartitionAggregator.from_state(
+        s, 0, {**state, b"m": orjson.dumps(meta)}.items(), now_ms=WALL
+    )
+    assert old.offsets == {} and not old.already_applied("events", 0)
+    assert old.stream_time == agg.stream_time and old.open.keys() == agg.open.keys()
+
+
+def test_replayed_changes_equal_the_state_after_every_step() -> None:
+    s = spec(group_by=("event",), max_groups=2, retain_ms=MIN)
+    agg = PartitionAggregator(s, 4, created_ms=WALL)
+    table: dict[bytes, bytes] = {}
+    steps = [
+        lambda: None,  # a new aggregator: its meta is state too
+        lambda: agg.add([ev(T0, "a"), ev(T0, "b"), ev(T0, "c"), ev(T0 + MIN, "a")], WALL),
+        lambda: agg.note_offsets({"events": 4}),
+        agg.live_partials,
+        lambda: agg.close_due(WALL, None),
+        lambda: agg.add([ev(T0 + MIN + 30_000, "b")], WALL),  # closes T0
+        lambda: agg.close_due(WALL, None),
+        lambda: agg.add([ev(T0 + 1, "a"), ev(T0 + MIN + 2, "c")], WALL),  # a late one
+        lambda: agg.note_offsets({"events": 7}),
+        lambda: agg.close_due(WALL + 10 * MIN, idle_after_ms=MIN),  # idle: drops T0's recent
+        agg.close_all,
+    ]
+    for step in steps:
+        step()
+        changes = agg.drain_changes()
+        if b"m" in changes:
+            assert list(changes)[-1] == b"m"
+        apply_changes(table, changes)
+        assert table == agg.to_state()
+        back = PartitionAggregator.from_state(s, 4, table.items(), now_ms=WALL)
+        assert back.snapshot() == agg.snapshot() and back.offsets == agg.offsets
+    assert agg.open == {} and agg.offsets == {"events": 7}

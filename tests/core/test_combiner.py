@@ -7,6 +7,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -215,3 +216,165 @@ def test_state_round_trip() -> None:
     assert back.snapshot() == c.snapshot()
     done = CloseMarker("agg", 1, T0 + 9 * MIN)
     assert back.add([done]) == c.add([done]) != []
+
+
+SMALL = AggregateSpec(
+    name="agg",
+    window=WindowSpec.tumbling(MIN, grace_ms=GRACE),
+    group_by=("event",),
+    measures=(MeasureSpec("n", "count"), MeasureSpec("low", "min", field="properties.revenue")),
+    max_groups=2,
+    retain_ms=2 * MIN,
+)
+
+
+def apply_changes(table: dict[bytes, bytes], changes: dict[bytes, bytes | None]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+
+def test_live_values_of_the_latest_pending_window() -> None:
+    c = WindowCombiner(SMALL, [0, 1])
+    assert c.live_values("n") is None  # nothing pending
+    a0 = PartitionAggregator(SMALL, 0, created_ms=WALL)
+    a1 = PartitionAggregator(SMALL, 1, created_ms=WALL)
+    a0.add([ev(T0, "a", revenue=5), ev(T0 + MIN, "a", revenue=2), ev(T0 + MIN, "b/c")], WALL)
+    a1.add([ev(T0 + MIN, "a", revenue=1), ev(T0 + MIN, "x"), ev(T0 + MIN, "y")], WALL)
+    assert c.add(a0.live_partials() + a1.live_partials()) == []
+    # the latest window, merged over both partitions; "y" went to partition 1's overflow group
+    assert c.live_values("n") == (
+        T0 + MIN,
+        {"a": 2.0, "b/c": 1.0, "x": 1.0, "__overflow__": 1.0},
+    )
+    assert c.live_values("low") == (T0 + MIN, {"a": 1.0})  # min of nothing (None): left out
+    # a newer live partial replaces the older one of its partition: nothing is counted twice
+    a1.add([ev(T0 + MIN + 1, "a", revenue=0.5)], WALL)
+    c.add(a1.live_partials())
+    n = c.live_values("n")
+    assert n == (T0 + MIN, {"a": 3.0, "b/c": 1.0, "x": 1.0, "__overflow__": 1.0})
+    assert all(type(v) is float for v in n[1].values())
+    assert c.live_values("low") == (T0 + MIN, {"a": 0.5})
+    with pytest.raises(KeyError):
+        c.live_values("nope")
+    # the closing partials replace the live ones: the finals count every event once
+    finals = c.add(a0.close_all() + a1.close_all())
+    assert {(r["window_start"], r["group"]["event"]): r["measures"]["n"] for r in finals} == {
+        (T0, "a"): 1,
+        (T0 + MIN, "a"): 3,
+        (T0 + MIN, "b/c"): 1,
+        (T0 + MIN, "x"): 1,
+        (T0 + MIN, "__overflow__"): 1,
+    }
+    assert c.live_values("n") is None and c.stale_partials == 0
+
+
+def test_live_value_labels_without_and_with_two_group_by_fields() -> None:
+    plain = AggregateSpec(
+        name="agg", window=WindowSpec.tumbling(MIN), measures=(MeasureSpec("n", "count"),)
+    )
+    agg = PartitionAggregator(plain, 0, created_ms=WALL)
+    agg.add([ev(T0), ev(T0 + 1)], WALL)
+    c = WindowCombiner(plain, [0])
+    c.add(agg.live_partials())
+    assert c.live_values("n") == (T0, {"": 2.0})
+
+    c = WindowCombiner(SPEC, [0])
+    c.add(partial(0, T0, ("a", "EUR"), ev(T0, currency="EUR", revenue=3)))
+    assert c.live_values("revenue") == (T0, {"a/EUR": 3.0})
+
+
+def test_recent_final_windows_are_kept_until_retain_and_survive_state() -> None:
+    c = WindowCombiner(SMALL, [0])
+    agg = PartitionAggregator(SMALL, 0, created_ms=WALL)
+    agg.add([ev(T0, "a", revenue=3), ev(T0 + MIN, "a", revenue=4)], WALL)
+    agg.add([ev(T0 + MIN + GRACE, "b")], WALL)  # closes window T0
+    finals = c.add(agg.close_due(WALL, None))
+    assert [(r["window_start"], r["measures"]) for r in finals] == [(T0, {"n": 1, "low": 3})]
+    assert c.recent == {T0: finals}
+    c.add(agg.live_partials())  # window T0+1m: pending, live
+
+    snap = c.snapshot()
+    assert [(w["window_start"], w["closed"], w["final"]) for w in snap["windows"]] == [
+        (T0, True, True),
+        (T0 + MIN, False, False),
+    ]
+    assert snap["windows"][0]["groups"] == finals
+    assert snap["windows"][0]["window_end"] == T0 + MIN
+    assert [g["group"] for g in snap["windows"][1]["groups"]] == [{"event": "a"}, {"event": "b"}]
+
+    state = c.to_state()
+    assert state[b"f:%d" % T0] == orjson.dumps(finals)
+    back = WindowCombiner.from_state(SMALL, [0], state.items())
+    assert back.recent == c.recent and back.snapshot() == snap and back.to_state() == state
+
+    # retain 2m: window T0 (end T0+1m) stays until T0+3m is complete, in both copies
+    for combiner in (c, back):
+        combiner.add([CloseMarker("agg", 0, T0 + 3 * MIN - 1)])  # finalizes T0+1m as well
+        assert sorted(combiner.recent) == [T0, T0 + MIN]
+        combiner.add([CloseMarker("agg", 0, T0 + 3 * MIN)])
+        assert sorted(combiner.recent) == [T0 + MIN]
+        assert [w["window_start"] for w in combiner.snapshot()["windows"]] == [T0 + MIN]
+        assert b"f:%d" % T0 not in combiner.to_state()
+    assert back.to_state() == c.to_state()
+
+
+def test_state_refuses_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="unknown combiner state key"):
+        WindowCombiner.from_state(SMALL, [0], [(b"x:1", b"[]")])
+
+
+def test_replayed_changes_equal_the_state_after_every_step() -> None:
+    c = WindowCombiner(SMALL, [0, 1])
+    a0 = PartitionAggregator(SMALL, 0, created_ms=WALL)
+    a1 = PartitionAggregator(SMALL, 1, created_ms=WALL)
+    table: dict[bytes, bytes] = {}
+    resend: list[Partial | CloseMarker] = []
+
+    def close_t0() -> list[dict[str, Any]]:
+        a0.add([ev(T0 + 2 * MIN + GRACE, "a")], WALL)  # closes T0 and T0+1m in partition 0
+        sent = a0.close_due(WALL, None)
+        resend.extend(r for r in sent if isinstance(r, Partial) and r.window_start == T0)
+        return c.add(sent)
+
+    steps = [
+        # (the combiner is new here: its first changes are its meta)
+        lambda: a0.add([ev(T0, "a"), ev(T0, "b"), ev(T0 + MIN, "a", revenue=1)], WALL),
+        lambda: c.add(a0.live_partials()),
+        lambda: a0.add([ev(T0 + 1, "a", revenue=2)], WALL),
+        lambda: c.add(a0.live_partials()),  # replaces partition 0's partial of (T0, a)
+        lambda: a1.add([ev(T0 + MIN + GRACE, "c")], WALL),
+        lambda: c.add(a1.close_due(WALL, None)),  # partition 1's marker: nothing final yet
+        close_t0,  # T0 final (partition 1 is at T0+1m30s)
+        lambda: c.add(resend),  # a re-send after the fact: stale, counted in the meta
+        lambda: c.set_partitions([0, 1, 2]),  # partition 2 has not reported: nothing final
+        lambda: a1.add([ev(T0 + 5 * MIN, "c")], WALL),
+        lambda: c.add(a1.close_due(WALL, None)),  # partition 1 closes T0+1m: still waits for 2
+        lambda: c.set_partitions([0, 1]),  # T0+1m final now; T0 (retained to T0+3m) kept
+        lambda: c.add(a0.close_all() + a1.close_all()),  # the rest final; old ones dropped
+    ]
+    outcomes = []
+    recents = []
+    for step in steps:
+        outcomes.append(step())
+        recents.append(sorted(c.recent))
+        changes = c.drain_changes()
+        if b"m" in changes:
+            assert list(changes)[-1] == b"m"
+        apply_changes(table, changes)
+        assert table == c.to_state()
+        back = WindowCombiner.from_state(SMALL, c.partitions, table.items())
+        assert back.snapshot() == c.snapshot()
+    assert [r["window_start"] for r in outcomes[6]] == [T0, T0]  # groups a and b
+    assert outcomes[7] == [] and outcomes[8] == [] and outcomes[10] == []
+    assert [(r["window_start"], r["group"]["event"]) for r in outcomes[11]] == [
+        (T0 + MIN, "a"),
+        (T0 + MIN, "c"),
+    ]
+    assert [r["window_start"] for r in outcomes[12]] == [T0 + 2 * MIN, T0 + 5 * MIN]
+    assert c.stale_partials == 2  # the re-sent ones
+    assert recents[11] == [T0, T0 + MIN]  # T0 retained until T0+3m is complete
+    assert c.windows == {} and recents[12] == []  # all complete: everything past retain
+    assert c.drain_changes() == {}

@@ -45,6 +45,7 @@ class TestTopology:
     outputs: list[str]
     dead_letter: str
     group_id: str
+    aggregates: str = ""
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -56,6 +57,8 @@ def make_topology(tmp_path: Path, *, partitions: int = 4) -> TestTopology:
     text = text.replace("../avro/", f"{REPO}/avro/")
     for name in ("raw_events", "revenue_events", "error_events", "processed_events", "bot_events", "invalid_events"):
         text = text.replace(f"{name}", f"{prefix}{name}")
+    text = text.replace("{topic: aggregates}", f"{{topic: {prefix}aggregates}}")
+    text = text.replace("\n  aggregates:\n", f"\n  {prefix}aggregates:\n")
     text = text.replace("partitions: 4", f"partitions: {partitions}")
     path = tmp_path / "topology.yaml"
     path.write_text(text)
@@ -67,6 +70,7 @@ def make_topology(tmp_path: Path, *, partitions: int = 4) -> TestTopology:
         outputs=outputs,
         dead_letter=f"{prefix}invalid_events",
         group_id=f"{prefix}group",
+        aggregates=f"{prefix}aggregates",
     )
 
 

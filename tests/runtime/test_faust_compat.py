@@ -14,6 +14,7 @@ from importlib.metadata import version
 import faust
 import faust.transport.drivers.aiokafka
 import pytest
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
@@ -28,8 +29,14 @@ UPSTREAM_DIGESTS = {
     (Consumer, "_new_offset"): "1d2c7ea89a7ad4f1",
     # Extended: we await the in-flight batch first.
     (Consumer, "wait_empty"): "e4662fe24f094819",
-    # Pops _acked/_read_offset for revoked TPs; we pop our delivered offsets too.
+    # Pops _acked/_read_offset for revoked TPs *before* the app's revoke handler commits: we
+    # commit our deliveries first, then pop our delivered offsets too.
     (Consumer, "on_partitions_revoked"): "d04b7ae72c6fc206",
+    # Seeks to the committed offsets and sets _read_offset: we commit deliveries before it.
+    (Consumer, "perform_seek"): "0e8c130ff4b0afd8",
+    # Both resume the stream partitions *before* perform_seek(): the reason for the above.
+    (Recovery, "on_recovery_completed"): "6ef567acf072e46d",
+    (Recovery, "_resume_streams"): "d986a6710c1aca98",
     # Returns ({TP: [ConsumerRecord]}, active partitions): the batch we hand over.
     (Consumer, "_wait_next_records"): "6218e1969a636b3f",
     # Commits only assigned TPs, flushes Faust's producer, updates _committed_offset.
@@ -194,7 +201,7 @@ def test_a_batch_fetched_before_a_rebalance_is_discarded_not_sent(consumer: Batc
         await consumer._handle_batch({tp: first}, 0)
         handle_second = asyncio.ensure_future(consumer._handle_batch({tp: second}, 0))
         await asyncio.sleep(0)
-        consumer._assignment_generation += 2  # revoked and assigned while the first was in flight
+        consumer._fetch_epoch += 2  # revoked and assigned while the first was in flight
         handler.release.set()
         await handle_second
         await consumer._wait_inflight()
@@ -203,3 +210,110 @@ def test_a_batch_fetched_before_a_rebalance_is_discarded_not_sent(consumer: Batc
     assert handler.delivered == [first]
     assert handler.discarded == [second], "its dedupe keys are unstaged, its records read again"
     assert consumer._new_offset(tp) == 2
+
+
+def _record_commits(consumer: BatchConsumer, tp: TP) -> list[dict[TP, int]]:
+    """Replace Faust's commit (it needs a broker) by one that commits the committable offset."""
+    commits: list[dict[TP, int]] = []
+
+    async def commit(*_args: object, **_kwargs: object) -> bool:
+        offset = consumer._new_offset(tp)
+        if offset is None or not consumer._should_commit(tp, offset):
+            return False
+        commits.append({tp: offset})
+        consumer._committed_offset[tp] = offset
+        return True
+
+    consumer.commit = commit  # type: ignore[method-assign]
+    return commits
+
+
+def test_a_seek_commits_what_was_delivered_before_seeking_back(consumer: BatchConsumer) -> None:
+    # Faust's recovery resumes the partitions and only then seeks them to the committed
+    # offsets: a batch delivered in between must be committed first, or it is read again.
+    handler = _Handler()
+    consumer.use_batches(["raw"], handler)
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    commits = _record_commits(consumer, tp)
+    seeks: list[tuple[str, int]] = []
+
+    async def seek_to_committed() -> dict[TP, int]:
+        seeks.append(("committed", consumer._committed_offset[tp]))
+        return {tp: consumer._committed_offset[tp]}
+
+    async def seek(partition: TP, offset: int) -> None:
+        seeks.append(("seek", offset))
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    consumer._seek = seek  # type: ignore[method-assign]
+    first, second = [_Record(10), _Record(11), _Record(12)], [_Record(13)]
+    consumer._first_fetched[tp] = 10
+
+    async def scenario() -> None:
+        await consumer._handle_batch({tp: first}, 0)  # in flight
+        seek = asyncio.ensure_future(consumer.perform_seek())
+        await asyncio.sleep(0)
+        # Fetched before the seek, handed over during it.
+        handle_second = asyncio.ensure_future(consumer._handle_batch({tp: second}, 0))
+        await asyncio.sleep(0)
+        assert not seek.done(), "the seek waits for the delivery in flight"
+        handler.release.set()
+        await seek
+        await handle_second
+
+    asyncio.run(scenario())
+    assert handler.delivered == [first]
+    assert commits == [{tp: 13}], "committed before seeking"
+    assert seeks[0] == ("committed", 13), "so the seek does not go back"
+    assert handler.discarded == [second], "fetched before the seek: not sent..."
+    assert seeks[1:] == [("seek", 13)] and consumer._read_offset[tp] == 13, "...but read again"
+
+
+def test_records_dropped_before_any_delivery_are_read_again(consumer: BatchConsumer) -> None:
+    # A partition with no committed offset is not moved by Faust's seek: dropped records must
+    # still be fetched again, from the first one fetched since the assignment.
+    handler = _Handler()
+    consumer.use_batches(["raw"], handler)
+    tp = TP("raw", 3)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    seeks: list[int] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        seeks.append(offset)
+
+    consumer._seek = seek  # type: ignore[method-assign]
+    consumer._first_fetched[tp] = 0
+
+    async def scenario() -> None:
+        consumer._fetch_epoch += 1  # e.g. the recovery's seek, after these were fetched
+        await consumer._handle_batch({tp: [_Record(0), _Record(1)]}, 0)
+
+    asyncio.run(scenario())
+    assert handler.discarded and not handler.delivered
+    assert seeks == [0]
+    assert consumer._read_offset[tp] == 0, "the next offset to process"
+
+
+def test_a_revocation_commits_deliveries_before_faust_forgets_them(consumer: BatchConsumer) -> None:
+    handler = _Handler()
+    handler.release.set()
+    consumer.use_batches(["raw"], handler)
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    commits = _record_commits(consumer, tp)
+    seen_by_faust: list[dict[TP, int]] = []
+
+    async def app_on_revoked(revoked: set[TP]) -> None:
+        # What Faust's own commit in wait_empty() could still commit: nothing, acked is popped.
+        seen_by_faust.append({t: consumer._new_offset(t) for t in revoked})
+
+    consumer._on_partitions_revoked = app_on_revoked  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await consumer._handle_batch({tp: [_Record(7), _Record(8)]}, 0)
+        await consumer.on_partitions_revoked({tp})
+
+    asyncio.run(scenario())
+    assert commits == [{tp: 9}]
+    assert seen_by_faust == [{tp: None}]

@@ -99,11 +99,13 @@ def test_create_app_gives_rocksdb_tables_the_bounded_store(
     settings = Settings(store=store, data_dir=tmp_path, rocksdb_memory_mb=64)  # type: ignore[arg-type]
     app = create_app(topology, settings)
     try:
-        [table] = app.tables.values()
+        tables = dict(app.tables.items())
+        assert set(tables) == {"dedupe-dedupe", "aggregates"}
         if store == "memory":
-            assert not isinstance(table.data, Store)
+            assert not any(isinstance(t.data, Store) for t in tables.values())
             return
-        data = table.data
+        assert isinstance(tables["aggregates"].data, BoundedRocksDBStore)
+        data = tables["dedupe-dedupe"].data
         assert isinstance(data, BoundedRocksDBStore)
         assert isinstance(data.rocksdb_options, BoundedRocksDBOptions)
         assert data.rocksdb_options.memory.memory_mb == 64

@@ -97,7 +97,10 @@ def test_idle_partition_closes_by_wall_clock_on_tick() -> None:
     s = stage(idle_after="1m")
     s.process([item(T0 + 1), item(T0 + 1, partition=1)], ctx())
     assert s.tick(WALL + MIN - 1) == []
-    got = records(s.tick(WALL + MIN))
+    # Idle: event time moves on with the clock from the last event (T0 + 1) and passes the
+    # window's end + grace (T0 + 90 s) 90 s after it.
+    assert records(s.tick(WALL + MIN)) == []
+    got = records(s.tick(WALL + 90_000))
     assert [r["measures"]["events"] for r in got] == [2]
 
 

@@ -1,0 +1,229 @@
+"""Windowed aggregates in the worker, on the real broker: two workers, four partitions, a
+restart in the middle; every final record and every live window equals a recomputation from
+the routed events."""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from pipeline.core.identity import canonical_identity
+from pipeline.core.measures import MeasureSpec, distinct_key
+from pipeline.runtime.partitioning import kafka_partition
+from pipeline.traffic import TrafficProfile, generate
+from tests.integration.kafka_helpers import (
+    WorkerProcess,
+    consume_all,
+    make_topology,
+    topic_size,
+    wait_for_total,
+)
+from tests.integration.test_worker import ensure_source, send
+
+pytestmark = pytest.mark.kafka
+
+MINUTE = 60_000
+DAY = 86_400_000
+GRACE_MS = 60_000
+
+
+def _tune(path: Path) -> None:
+    """Quick live updates, and a grace period that surely covers the reordering a
+    repartitioning dedupe adds (a few batches of event time) and the restart's pause."""
+    doc = yaml.safe_load(path.read_text())
+    for stage in doc["stages"]:
+        if stage["type"] == "aggregate":
+            stage["live_interval"] = "0.5s"
+            stage["window"]["grace"] = "60s"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _flush_events(template: bytes, timestamp: int, partitions: int) -> list[tuple[bytes, bytes]]:
+    """One valid event per partition, later than everything sent: every partition's stream time
+    passes the earlier windows' end + grace, so they close by event time (no idle wait)."""
+    out = []
+    for p in range(partitions):
+        key = next(
+            k for k in (f"flush-user-{i}".encode() for i in range(10_000))
+            if kafka_partition(k, partitions) == p
+        )
+        event = orjson.loads(template)
+        event.update(event_id=str(uuid.uuid4()), timestamp=timestamp, user_id=key.decode())
+        out.append((key, orjson.dumps(event)))
+    return out
+
+
+def _hll(identities: set[str]) -> Any:
+    measure = MeasureSpec(id="users", kind="distinct", field="identity", method="hll").new()
+    for identity in identities:
+        measure.update(distinct_key(identity))
+    return measure.result()
+
+
+def recompute(events: list[dict[str, Any]]) -> dict[tuple[str, int, tuple[str, ...]], dict[str, Any]]:
+    """(aggregate, window start, group values) -> measures, from the routed events, written
+    independently of the pipeline's aggregator (except the HyperLogLog itself)."""
+    counts: dict[tuple[str, int, tuple[str, ...]], Counter[str]] = defaultdict(Counter)
+    revenue: dict[tuple[str, int, tuple[str, ...]], list[float]] = defaultdict(list)
+    users: dict[tuple[str, int, tuple[str, ...]], set[str]] = defaultdict(set)
+    for event in events:
+        ts = event["timestamp"]
+        minute = ts - ts % MINUTE
+        properties = event.get("properties") or {}
+        counts[("events_per_minute", minute, (event["event"],))]["events"] += 1
+        if event["event"] == "purchase_completed":
+            key = ("revenue_per_minute", minute, (str(properties.get("currency") or ""),))
+            counts[key]["orders"] += 1
+            value = properties.get("revenue")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                revenue[key].append(float(value))
+        if event["event"] == "error_occurred":
+            key = ("errors_per_minute", minute, (str(properties.get("error_type") or ""),))
+            counts[key]["errors"] += 1
+        if (event.get("context") or {}).get("bot", {}).get("is_bot") is not True:
+            identity = canonical_identity(event)
+            if identity is not None:
+                users[("active_users_per_minute", minute, ())].add(identity)
+                users[("active_users_per_day", ts - ts % DAY, ())].add(identity)
+    expected: dict[tuple[str, int, tuple[str, ...]], dict[str, Any]] = {}
+    for key, measures in counts.items():
+        expected[key] = dict(measures)
+    for key, values in revenue.items():
+        expected[key]["revenue"] = math.fsum(values)
+    for key, identities in users.items():
+        expected[key] = {"users": _hll(identities), "_exact": len(identities)}
+    return expected
+
+
+def _group_values(record: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(record["group"].values())
+
+
+def _check_measures(key: Any, got: dict[str, Any], want: dict[str, Any]) -> None:
+    for measure, value in want.items():
+        if measure == "_exact":
+            assert abs(got["users"] - value) <= max(2, 0.03 * value), (key, got, value)
+        elif measure == "revenue":
+            assert math.isclose(got[measure] or 0.0, value, rel_tol=1e-9, abs_tol=1e-6), (key, got, want)
+        else:
+            assert got[measure] == value, (key, got, want)
+
+
+def _get(port: int, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read() or b"null")
+
+
+def _wait_ready(*ports: int, timeout: float = 90.0) -> None:
+    """Until every worker has partitions and its state recovered (``/ready``)."""
+    deadline = time.monotonic() + timeout
+    waiting = list(ports)
+    while waiting and time.monotonic() < deadline:
+        waiting = [p for p in waiting if _ready(p) is not True]
+        time.sleep(0.5)
+    assert not waiting, f"workers on {waiting} not ready"
+
+
+def _ready(port: int) -> bool:
+    try:
+        return _get(port, "/ready")[0] == 200
+    except OSError:
+        return False
+
+
+def test_two_workers_with_a_restart_match_a_recomputation(kafka_broker: str, tmp_path: Path) -> None:
+    topology = make_topology(tmp_path, partitions=4)
+    _tune(topology.path)
+    ensure_source(topology)
+    profile = TrafficProfile(seed=5, events_per_second_of_event_time=100.0)
+    generated = list(generate(16_000, profile))
+    first_half, second_half = generated[:8_000], generated[8_000:]
+    duplicates = sum(1 for r in generated if r.kind == "duplicate")
+
+    a = WorkerProcess(topology).start(tmp_path)
+    b = WorkerProcess(topology).start(tmp_path)
+    try:
+        _wait_ready(a.web_port, b.web_port)  # both own partitions: the restart moves state
+        sent = send(topology, ((r.key, r.value) for r in first_half))
+        assert wait_for_total(topology.outputs, sent - sum(1 for r in first_half if r.kind == "duplicate"), timeout=180) > 0
+        # A restart in the middle: b's partitions (and maybe the combiners) move to a and back.
+        assert b.terminate() == 0, b.log()[-3000:]
+        sent += send(topology, ((r.key, r.value) for r in second_half))
+        b = WorkerProcess(topology, web_port=b.web_port).start(tmp_path)
+        template = next(r.value for r in generated if r.kind == "valid" and b'"page_viewed"' in r.value)
+        last_ts = max(orjson.loads(r.value)["timestamp"] for r in generated if r.kind == "valid"
+                      and isinstance(orjson.loads(r.value)["timestamp"], int))
+        flush_ts = last_ts + 5 * MINUTE
+        sent += send(topology, _flush_events(template, flush_ts, 4))
+        expected_outputs = sent - duplicates
+        total = wait_for_total(topology.outputs, expected_outputs, timeout=240)
+        assert total == expected_outputs, (a.log()[-2000:], b.log()[-2000:])
+
+        routed = [
+            orjson.loads(r.value)
+            for r in consume_all([t for t in topology.outputs if t != topology.dead_letter])
+        ]
+        expected = recompute(routed)
+        closed_by_now = {
+            k for k in expected if k[1] + (DAY if k[0] == "active_users_per_day" else MINUTE) + GRACE_MS
+            <= flush_ts
+        }
+        assert len(closed_by_now) > 20
+
+        # Every window the flush events' event time passed is final.
+        deadline = time.monotonic() + 120
+        finals: dict[Any, list[dict[str, Any]]] = {}
+        while time.monotonic() < deadline:
+            finals = defaultdict(list)
+            if topic_size(topology.aggregates):
+                for r in consume_all([topology.aggregates]):
+                    record = orjson.loads(r.value)
+                    finals[(record["aggregate"], record["window_start"], _group_values(record))].append(record)
+            if closed_by_now <= set(finals):
+                break
+            time.sleep(2)
+        missing = closed_by_now - set(finals)
+        assert not missing, sorted(missing)[:10]
+        assert set(finals) <= set(expected), sorted(set(finals) - set(expected))[:10]
+        for key in closed_by_now:
+            records = finals[key]
+            assert len(records) == 1, f"one final record per window and group: {key} {records}"
+            assert records[0]["partitions"] and set(records[0]["partitions"]) <= {0, 1, 2, 3}
+            _check_measures(key, records[0]["measures"], expected[key])
+
+        # Live: the day window is still open; either worker answers (one forwards to the other),
+        # merged over every partition.
+        today = [k for k in expected if k[0] == "active_users_per_day" and k not in closed_by_now]
+        for port in (a.web_port, b.web_port):
+            status, listing = _get(port, "/aggregates")
+            assert status == 200 and {x["aggregate"] for x in listing["aggregates"]} >= {
+                "events_per_minute", "active_users_per_day"
+            }
+            for key in today:
+                for _ in range(30):
+                    status, view = _get(port, "/aggregates/active_users_per_day")
+                    windows = {w["window_start"]: w for w in view.get("windows", [])} if status == 200 else {}
+                    window = windows.get(key[1])
+                    if window and window["groups"] and window["groups"][0]["measures"]["users"] == expected[key]["users"]:
+                        break
+                    time.sleep(1)
+                assert status == 200, view
+                assert window is not None and not window["final"], view
+                _check_measures(key, window["groups"][0]["measures"], expected[key])
+        status, _ = _get(a.web_port, "/aggregates/no_such_thing")
+        assert status == 404
+    finally:
+        a.kill()
+        b.kill()
