@@ -186,10 +186,22 @@ def parse_group(data: bytes) -> Group:
     return None if value is None else tuple(value)
 
 
+class _Untracked(set):  # type: ignore[type-arg]
+    """A set that stays empty: change tracking switched off."""
+
+    def add(self, _item: object) -> None:
+        pass
+
+    def update(self, *_items: object) -> None:
+        pass
+
+
 class PartitionAggregator:
     """Partial aggregates of one aggregate over one source partition's events."""
 
-    def __init__(self, spec: AggregateSpec, partition: int, *, created_ms: int) -> None:
+    def __init__(
+        self, spec: AggregateSpec, partition: int, *, created_ms: int, track_changes: bool = True
+    ) -> None:
         self.spec = spec
         self.partition = partition
         self.open: dict[int, dict[Group, list[Measure]]] = {}
@@ -209,11 +221,13 @@ class PartitionAggregator:
         """Per input topic: the next source offset not yet aggregated (last offset + 1). Kept in
         the same state as the windows, so after a crash that lost the consumer's offset commit
         but not the state, a replayed event can be recognised and not added twice."""
-        self._dirty: set[tuple[bytes, int, Group]] = set()
+        # Change tracking (for the worker's table and live partials). Embedded mode never
+        # drains it, so there it is off: the sets would grow with every window of the input.
+        self._dirty: set[tuple[bytes, int, Group]] = set() if track_changes else _Untracked()
         self._meta_dirty = True
         """Starts set: a new one's meta is not stored yet (``from_state`` clears it once the
         stored meta is read), so the drained changes add up to ``to_state()`` from the start."""
-        self._live_dirty: set[tuple[int, Group]] = set()
+        self._live_dirty: set[tuple[int, Group]] = set() if track_changes else _Untracked()
         """Open (window start, group)s changed since the last ``live_partials()`` (not state)."""
         self._getters = tuple(field_getter(p) for p in spec.group_by)
         self._values = tuple(

@@ -292,7 +292,8 @@ class AggregateStage:
         agg = self.aggregators.get(partition)
         if agg is None:
             agg = self.aggregators[partition] = PartitionAggregator(
-                self.spec, partition, created_ms=now_ms
+                self.spec, partition, created_ms=now_ms,
+                track_changes=self.partials_topic is not None,
             )
             if self._track_partitions:
                 self._local_combiner().set_partitions(self.aggregators)  # completes nothing new

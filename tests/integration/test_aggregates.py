@@ -224,6 +224,20 @@ def test_two_workers_with_a_restart_match_a_recomputation(kafka_broker: str, tmp
                 _check_measures(key, window["groups"][0]["measures"], expected[key])
         status, _ = _get(a.web_port, "/aggregates/no_such_thing")
         assert status == 404
+
+        # The gauge of the current window comes from the one worker combining the aggregate.
+        exported = []
+        for port in (a.web_port, b.web_port):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            exported += [
+                line for line in text.splitlines()
+                if line.startswith('pipeline_aggregate_value{aggregate="active_users_per_day"')
+            ]
+        latest_day = max(k for k in expected if k[0] == "active_users_per_day")
+        assert len(exported) == 1, exported
+        assert 'measure="users"' in exported[0] and 'group=""' in exported[0]
+        assert float(exported[0].rsplit(" ", 1)[1]) == expected[latest_day]["users"]
     finally:
         a.kill()
         b.kill()

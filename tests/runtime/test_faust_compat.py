@@ -317,3 +317,34 @@ def test_a_revocation_commits_deliveries_before_faust_forgets_them(consumer: Bat
     asyncio.run(scenario())
     assert commits == [{tp: 9}]
     assert seen_by_faust == [{tp: None}]
+
+
+def test_idle_ticks_are_handed_over_like_batches_without_records(consumer: BatchConsumer) -> None:
+    handler = _Handler()
+    handler.release.set()
+    ticks: list[object] = []
+
+    def prepare_idle() -> object:
+        ticks.append("tick")
+        return ["tick"]
+
+    handler.prepare_idle = prepare_idle  # type: ignore[attr-defined]
+    consumer.use_batches(["raw"], handler)
+    consumer.assignment = lambda: set()  # type: ignore[method-assign]
+    consumer.flow_active = True
+    app = consumer.app
+    app.rebalancing = False
+    app.tables.actives_ready = True
+
+    async def scenario() -> None:
+        assert consumer._idle_tick_due()
+        await consumer._handle_idle(consumer._fetch_epoch)
+        await consumer._wait_inflight()
+        assert not consumer._idle_tick_due(), "at most one a second"
+        consumer._last_idle_tick -= 1.0
+        app.tables.actives_ready = False
+        assert not consumer._idle_tick_due(), "never while the state is being recovered"
+
+    asyncio.run(scenario())
+    assert ticks == ["tick"] and handler.delivered == [["tick"]]
+    assert consumer._delivered_offsets == {}, "no offsets to commit"

@@ -192,3 +192,12 @@ def test_shipped_topology_aggregates(example_topology: Topology) -> None:
         "active_users_per_day",
     ]
     assert ids.index("active_users_per_day") == ids.index("route") - 1
+
+
+def test_embedded_mode_keeps_no_change_log() -> None:
+    # Nothing drains it there: tracking would grow with every window of the input.
+    s = stage()
+    s.process([item(T0 + i * MIN) for i in range(5)], ctx())
+    agg = s.aggregators[0]
+    assert not agg._dirty and not agg._live_dirty
+    assert agg.live_partials() == []
