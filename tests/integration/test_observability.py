@@ -169,6 +169,16 @@ def test_a_real_prometheus_scrapes_the_worker_and_promql_counts_every_event(tmp_
         for topic in topology.outputs:
             assert scraped[topic] == emitted[topic]
         assert float(promql(port, 'up{job="pipeline"}')[0]["value"][1]) == 1
+        # The live aggregates reach Prometheus too (the worker combines them all here).
+        live = 'sum by (group) (pipeline_aggregate_value{aggregate="events_per_minute"})'
+        deadline = time.monotonic() + 30
+        groups: list[dict] = []
+        while time.monotonic() < deadline and not groups:
+            groups = promql(port, live)
+            time.sleep(1)
+        assert groups and all(float(g["value"][1]) > 0 for g in groups), groups
+        print(f"PromQL {query} -> {received}")  # shown with -s (the issue note quotes it)
+        print(f"PromQL {live} -> {groups}")
     finally:
         server.terminate()
         server.wait(timeout=30)
