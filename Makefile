@@ -64,3 +64,13 @@ bench-quick: install kafka-up
 
 clean:
 	rm -rf $(VENV) .local build dist *.egg-info .pytest_cache
+
+# Fuzz decode + validate for 10 minutes (CI runs a fixed 18,000 iterations: tests/test_fuzz.py).
+# The corpus grows in .local/fuzz/corpus across runs; crashing inputs land in .local/fuzz/.
+.PHONY: fuzz
+FUZZ_SECONDS ?= 600
+fuzz: install
+	mkdir -p .local/fuzz/corpus
+	$(BIN)/python tests/fuzz/fuzz_decode.py --write-seeds .local/fuzz/corpus \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -timeout=20 \
+		-artifact_prefix=.local/fuzz/ .local/fuzz/corpus

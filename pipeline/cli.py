@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import orjson
+
 from pipeline import __version__
 from pipeline.errors import PipelineError, TopologyError
 
@@ -67,6 +69,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         args,
         web_port=args.web_port,
         web_host=args.web_host,
+        web_bind=args.web_bind,
         data_dir=args.data_dir,
         store=args.store,
         log_level=args.loglevel,
@@ -110,6 +113,52 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dlq_inspect(args: argparse.Namespace) -> int:
+    from pipeline.dlq import Filter, format_summary, inspect
+    from pipeline.topology import load_topology
+
+    flt = Filter.from_args(args.reason, args.since, args.until)
+    if args.samples < 0:
+        raise PipelineError("--samples must be 0 or more")
+    topology = load_topology(args.topology)
+    summary = inspect(_settings(args), topology, flt=flt, samples=args.samples)
+    if args.json:
+        print(orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def _cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from pipeline.dlq import Filter, replay
+    from pipeline.topology import load_topology
+
+    flt = Filter.from_args(args.reason, args.since, args.until)
+    if args.max_records is not None and args.max_records < 0:
+        raise PipelineError("--max-records must be 0 or more")
+    topology = load_topology(args.topology)
+    settings = _settings(args, group_id=args.group_id)
+    result = replay(
+        settings,
+        topology,
+        flt=flt,
+        # The worker's group, as pipeline.runtime.app.group_id_for names it (that module
+        # imports Faust: seconds, for one line).
+        base_group=settings.group_id or f"pipeline-{topology.name}",
+        dry_run=args.dry_run,
+        max_records=args.max_records,
+    )
+    if args.json:
+        print(orjson.dumps(
+            {"group": result.group_id, "dry_run": args.dry_run, "stopped": result.stopped,
+             **result.stats.to_json()},
+            option=orjson.OPT_INDENT_2,
+        ).decode())
+    else:
+        print(result.report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -147,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("topology", type=Path, metavar="TOPOLOGY")
     worker.add_argument("--broker", help="bootstrap servers (default 127.0.0.1:9092, PIPELINE_BROKER)")
     worker.add_argument("--web-port", type=int, help="HTTP port (default 6066)")
-    worker.add_argument("--web-host", help="HTTP bind address (default 127.0.0.1)")
+    worker.add_argument("--web-host", help="the worker's HTTP address as other workers reach it; "
+                        "also the bind address unless --web-bind (default 127.0.0.1)")
+    worker.add_argument("--web-bind", help="address the HTTP server listens on (default: --web-host)")
     worker.add_argument("--data-dir", type=Path, help="local state directory (default .local/state)")
     worker.add_argument("--store", choices=["memory", "rocksdb"], help="table store")
     worker.add_argument("--group-id", help="consumer group id (default pipeline-<topology name>)")
@@ -170,6 +221,52 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--invalid-fraction", type=float, default=0.02)
     prod.add_argument("--duplicate-fraction", type=float, default=0.01)
     prod.set_defaults(func=_cmd_produce)
+
+    dlq = sub.add_parser(
+        "dlq", help="inspect and replay a topology's dead letters",
+        description="Inspect the topology's dead-letter topic, and replay dead letters into "
+        "the source topic once the cause is fixed (see the README, Dead-letter recovery).",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    reasons = "a reason code (see the README); repeat for several"
+    times = "ISO-8601 (UTC unless it has an offset) or epoch milliseconds"
+
+    inspect = dlq_sub.add_parser(
+        "inspect", help="count dead letters by reason and stage, with samples",
+        description="Read the dead-letter topic from the beginning to its current end (no "
+        "consumer group is joined, no offset committed) and print the counts by reason and "
+        "stage, the failure-time range and the latest samples of each reason.",
+    )
+    inspect.add_argument("topology", type=Path, metavar="TOPOLOGY")
+    inspect.add_argument("--broker", help="bootstrap servers (default 127.0.0.1:9092)")
+    inspect.add_argument("--reason", action="append", metavar="R", help=f"only {reasons}")
+    inspect.add_argument("--since", metavar="T", help=f"only dead letters that failed at or after T: {times}")
+    inspect.add_argument("--until", metavar="T", help="only dead letters that failed before T")
+    inspect.add_argument("--samples", type=int, default=3, metavar="N", help="samples per reason (default 3)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(func=_cmd_dlq_inspect)
+
+    replay = dlq_sub.add_parser(
+        "replay", help="re-send dead letters' original payloads to the source topic",
+        description="Re-produce the original payload and key of each matching dead letter to "
+        "the source topic, with the header pipeline-replay-of: <topic>/<partition>/<offset>. "
+        "Exactly once per dead letter: each chunk's replays and progress are committed in one "
+        "Kafka transaction under the consumer group <group>-dlq-replay-<reasons>[-since-<ms>]"
+        "[-until-<ms>], so an interrupted replay resumes where it stopped and running it again "
+        "sends nothing already sent. Dead letters whose payload was not kept in full are "
+        "counted, never sent.",
+    )
+    replay.add_argument("topology", type=Path, metavar="TOPOLOGY")
+    replay.add_argument("--reason", action="append", required=True, metavar="R", help=reasons)
+    replay.add_argument("--since", metavar="T", help=f"only dead letters that failed at or after T: {times}")
+    replay.add_argument("--until", metavar="T", help="only dead letters that failed before T")
+    replay.add_argument("--dry-run", action="store_true", help="count what would be sent; send and commit nothing")
+    replay.add_argument("--broker", help="bootstrap servers (default 127.0.0.1:9092)")
+    replay.add_argument("--group-id", help="the worker's consumer group (default pipeline-<topology name>)")
+    replay.add_argument("--json", action="store_true", help="print JSON")
+    # Stop after N replays (tests of resuming; operators who want a canary first).
+    replay.add_argument("--max-records", type=int, help=argparse.SUPPRESS)
+    replay.set_defaults(func=_cmd_dlq_replay)
     return parser
 
 

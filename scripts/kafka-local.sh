@@ -18,9 +18,15 @@
 #   KAFKA_DATA_DIR         config, KRaft data, logs, pid file  (default <repo>/.local/kafka)
 #   KAFKA_PORT             client listener on 127.0.0.1        (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener           (default 9093)
+#   KAFKA_SASL_PORT        SASL_PLAINTEXT client listener      (default 9094)
 #   KAFKA_HEAP             JVM heap flags                      (default "-Xmx512m -Xms256m")
 #   KAFKA_START_TIMEOUT    seconds to wait for readiness       (default 90)
 #   JAVA_HOME              Java 17+ to use (else `java` on PATH)
+#
+# Besides the PLAINTEXT client listener, the broker has a SASL_PLAINTEXT one
+# (mechanism PLAIN) with one fixed test user, pipeline / pipeline-secret, for
+# the tests of the clients' security settings (tests/integration/test_sasl.py).
+# Local testing only: PLAIN over plaintext sends the password in clear.
 set -euo pipefail
 
 # --- settings ---------------------------------------------------------------
@@ -60,6 +66,10 @@ CONSOLE_LOG="${LOG_DIR}/kafka.out"
 HOST="127.0.0.1"
 PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+SASL_PORT="${KAFKA_SASL_PORT:-9094}"
+# The SASL listener's only user (fixed: tests log in with it).
+SASL_USER="pipeline"
+SASL_PASSWORD="pipeline-secret"
 # Intentionally unquoted where used: it holds several JVM flags.
 HEAP="${KAFKA_HEAP:--Xmx512m -Xms256m}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
@@ -227,10 +237,14 @@ node.id=1
 # Static single-voter quorum: simplest KRaft setup for one node.
 controller.quorum.voters=1@${HOST}:${CONTROLLER_PORT}
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://${HOST}:${PORT},CONTROLLER://${HOST}:${CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://${HOST}:${PORT}
+listeners=PLAINTEXT://${HOST}:${PORT},CONTROLLER://${HOST}:${CONTROLLER_PORT},SASL_PLAINTEXT://${HOST}:${SASL_PORT}
+advertised.listeners=PLAINTEXT://${HOST}:${PORT},SASL_PLAINTEXT://${HOST}:${SASL_PORT}
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# SASL/PLAIN on the SASL_PLAINTEXT listener only (the default mechanism is GSSAPI).
+# user_<name>="<password>" declares the users the broker accepts.
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_${SASL_USER}="${SASL_PASSWORD}";
 log.dirs=${KRAFT_DIR}
 
 # One broker: every internal topic must live with replication factor 1.
@@ -411,9 +425,24 @@ wait_ready() {
     ((SECONDS < deadline)) || fail_start "broker on ${HOST}:${PORT} did not answer a metadata request within ${START_TIMEOUT}s"
     sleep 1
   done
+  while ! port_open "${SASL_PORT}"; do
+    kill -0 "${pid}" 2>/dev/null || fail_start "broker process ${pid} exited during startup"
+    ((SECONDS < deadline)) || fail_start "broker did not open its SASL listener ${HOST}:${SASL_PORT} within ${START_TIMEOUT}s"
+    sleep 0.5
+  done
 }
 
 # --- commands ---------------------------------------------------------------
+
+# ", SASL_PLAINTEXT on host:port" when the SASL listener is open; otherwise says
+# it is not (a broker started before the listener was added: down, then up).
+sasl_status() {
+  if port_open "${SASL_PORT}"; then
+    printf ', SASL_PLAINTEXT on %s:%s' "${HOST}" "${SASL_PORT}"
+  else
+    printf ', no SASL_PLAINTEXT listener on %s:%s (restart it: down, then up)' "${HOST}" "${SASL_PORT}"
+  fi
+}
 
 stop_pid() {
   local pid="$1" grace="$2"
@@ -443,7 +472,7 @@ cmd_up() {
   local pid
   if pid="$(broker_pid)"; then
     if port_open "${PORT}"; then
-      log "already running (pid ${pid}) on ${HOST}:${PORT}"
+      log "already running (pid ${pid}) on ${HOST}:${PORT}$(sasl_status)"
       return 0
     fi
     # Alive but not listening yet: probably another `up` still starting it.
@@ -451,7 +480,7 @@ cmd_up() {
     load_main_classes
     log "broker pid ${pid} is starting; waiting"
     wait_ready "${pid}"
-    log "ready on ${HOST}:${PORT} (pid ${pid})"
+    log "ready on ${HOST}:${PORT}, SASL_PLAINTEXT on ${HOST}:${SASL_PORT} (pid ${pid})"
     return 0
   fi
   rm -f "${PID_FILE}"
@@ -463,6 +492,9 @@ cmd_up() {
   if port_open "${CONTROLLER_PORT}"; then
     die "${HOST}:${CONTROLLER_PORT} is already in use by another process (set KAFKA_CONTROLLER_PORT)"
   fi
+  if port_open "${SASL_PORT}"; then
+    die "${HOST}:${SASL_PORT} is already in use by another process (set KAFKA_SASL_PORT)"
+  fi
 
   local t0=${SECONDS}
   fetch
@@ -472,7 +504,7 @@ cmd_up() {
   format_storage
 
   if [[ -f "${SERVER_LOG}" ]]; then LOG_START_OFFSET="$(stat -c %s "${SERVER_LOG}")"; fi
-  log "starting Kafka ${KAFKA_VERSION} on ${HOST}:${PORT} (controller ${CONTROLLER_PORT}); logs in ${LOG_DIR}"
+  log "starting Kafka ${KAFKA_VERSION} on ${HOST}:${PORT} (controller ${CONTROLLER_PORT}, SASL_PLAINTEXT ${SASL_PORT}); logs in ${LOG_DIR}"
   # setsid + nohup: the broker must outlive this script and the terminal or
   # CI step that ran it, and must not get the caller's Ctrl-C. In a
   # non-interactive shell the background child is not a group leader, so
@@ -491,7 +523,7 @@ cmd_up() {
   STARTED_PID="${pid}"
 
   wait_ready "${pid}"
-  log "ready on ${HOST}:${PORT} (pid ${pid}) after $((SECONDS - t0))s"
+  log "ready on ${HOST}:${PORT}, SASL_PLAINTEXT on ${HOST}:${SASL_PORT} (user ${SASL_USER}) (pid ${pid}) after $((SECONDS - t0))s"
 }
 
 cmd_down() {
@@ -512,7 +544,7 @@ cmd_status() {
   local pid
   if pid="$(broker_pid)"; then
     if port_open "${PORT}"; then
-      echo "running (pid ${pid}) on ${HOST}:${PORT}"
+      echo "running (pid ${pid}) on ${HOST}:${PORT}$(sasl_status)"
     else
       echo "running (pid ${pid}), not yet listening on ${HOST}:${PORT}"
     fi

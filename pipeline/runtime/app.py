@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport, batch_c
 from pipeline.runtime.output import DeliveryFailed, OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
 from pipeline.runtime.rocksdb_options import RocksDBMemory, store_url
+from pipeline.runtime.security import describe, faust_app_kwargs
 from pipeline.runtime.state import TableDedupeStore
 from pipeline.settings import Settings
 from pipeline.stages.aggregate import AggregateStage
@@ -118,14 +120,29 @@ class TopologyAgent:
         for store, staged in batch.state:
             store.unstage(staged)
 
-    async def deliver(self, batch: PreparedBatch) -> None:
+    async def deliver(
+        self,
+        batch: PreparedBatch,
+        offsets: Mapping[Any, int] | None = None,
+        group_metadata: Callable[[], bytes] | None = None,
+    ) -> bool:
+        """Send the batch; True when its offsets were committed with it (exactly once)."""
         # State changes travel with the outputs and reach the local store only once both are
         # acknowledged (state.py explains why).
         started = time.perf_counter()
+        output = self.output
+        output.begin()  # exactly once: the batch's transaction (output.py)
         for store, staged in batch.state:
             store.produce_staged(staged)
         try:
-            await self.output.send_batch(batch.ctx.outputs)
+            if output.transactional and offsets and group_metadata is not None:
+                await output.send_batch(
+                    batch.ctx.outputs,
+                    offsets={(tp.topic, tp.partition): o for tp, o in offsets.items()},
+                    metadata=group_metadata(),
+                )
+            else:
+                await output.send_batch(batch.ctx.outputs)
         except DeliveryFailed as exc:
             if self.metrics is not None:
                 self.metrics.record_delivery(time.perf_counter() - started, failed_messages=exc.failed)
@@ -135,6 +152,7 @@ class TopologyAgent:
         for store, staged in batch.state:
             store.apply(staged)
             store.after_delivery()
+        return output.transactional
 
     def report(self) -> str:
         now = time.monotonic()
@@ -174,6 +192,7 @@ class PipelineApp(faust.App):
         assert isinstance(consumer, BatchConsumer)
         consumer.use_batches(self._batch_topics, self.topology_agent)
         consumer.fetch_max_wait_ms = self._fetch_max_wait_ms
+        consumer.read_committed = self.topology_agent.output.transactional
         return consumer
 
 
@@ -347,14 +366,21 @@ def create_app(
     aggregate_stages = [s for s in processor.middle if isinstance(s, AggregateStage)]
     for stage_id, status in processor.statuses().items():
         log.info("stage %s: %s", stage_id, status)
+    log.info("%s", describe(settings))
+    source = topology.spec.source
+    partitions = source_partitions or source.partitions
+    group_id = group_id_for(topology, settings)
+    exactly_once = settings.processing_guarantee == "exactly_once"
     output = OutputProducer(
         bootstrap_servers=settings.bootstrap_servers,
         linger_ms=settings.producer_linger_ms,
         extra=settings.extra_kafka,
+        # Stable across restarts of the same worker (host and web port): a restarted worker
+        # aborts its predecessor's open transaction at once.
+        transactional_id=(
+            f"{group_id}-{socket.gethostname()}-{settings.web_port}" if exactly_once else None
+        ),
     )
-    source = topology.spec.source
-    partitions = source_partitions or source.partitions
-    group_id = group_id_for(topology, settings)
     dedupe_stages = [s for s in processor.middle if isinstance(s, DedupeStage)]
     repartition_topics = [repartition_topic_name(group_id, s.id) for s in dedupe_stages]
     partials_topic = partials_topic_name(group_id) if aggregate_stages else None
@@ -372,7 +398,8 @@ def create_app(
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir / topology.name),
-        web_host=settings.web_host,
+        # web_host, web_bind (Faust binds 0.0.0.0 without it) and the SSL/SASL credentials.
+        **faust_app_kwargs(settings),
         web_port=settings.web_port,
         web_enabled=True,
         autodiscover=False,
@@ -381,7 +408,9 @@ def create_app(
         consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
-        processing_guarantee=settings.processing_guarantee,
+        # Faust's own exactly-once machinery is not used (output.py explains why); ours is the
+        # transactional output producer.
+        processing_guarantee="at_least_once",
         topic_partitions=source.partitions,
         stream_wait_empty=True,
         # Tables and topics hold raw bytes: the batch path encodes keys and values itself.

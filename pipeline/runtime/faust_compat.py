@@ -49,6 +49,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from pipeline.core.records import SourceMessage
+from pipeline.runtime.output import StaleBatch, group_metadata
 
 
 class BatchHandler(Protocol):
@@ -57,8 +58,15 @@ class BatchHandler(Protocol):
     def prepare(self, messages: Sequence[SourceMessage]) -> Any:
         """Run the stages over a batch (synchronously); returns what ``deliver`` needs."""
 
-    async def deliver(self, prepared: Any) -> None:
-        """Send a prepared batch's outputs and state; return once the broker has them all."""
+    async def deliver(
+        self, prepared: Any, offsets: Mapping[TP, int], group_metadata: Callable[[], bytes]
+    ) -> bool:
+        """Send a prepared batch's outputs and state; return once the broker has them all.
+
+        ``offsets``: the batch's next offsets. Returns True if it committed them itself, in
+        the same transaction as the outputs (exactly-once mode; ``group_metadata()`` names the
+        group member for that). Raises ``StaleBatch`` if the transaction was aborted because the
+        group rebalanced: the batch counts as not delivered and its records are read again."""
 
     def discard(self, prepared: Any) -> None:
         """Forget a prepared batch that will not be delivered (its records are read again)."""
@@ -89,7 +97,12 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it creates its Fetcher (checked by a test).
-        consumer._fetch_max_wait_ms = cast(BatchConsumer, self.consumer).fetch_max_wait_ms
+        batch_consumer = cast(BatchConsumer, self.consumer)
+        consumer._fetch_max_wait_ms = batch_consumer.fetch_max_wait_ms
+        if batch_consumer.read_committed:
+            # Exactly-once mode: our transactions write the repartition, partials and changelog
+            # topics this consumer reads back; aborted records must stay invisible.
+            consumer._isolation_level = "read_committed"
         return consumer
 
 
@@ -97,6 +110,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     """aiokafka consumer whose batch topics skip Faust's per-message delivery."""
 
     fetch_max_wait_ms: int = 100
+    read_committed: bool = False
     drain_started: bool = False
     draining: bool = False
     """True while the fetch loop that feeds the batch handler runs (``/health``)."""
@@ -119,6 +133,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # batch is sent between a seek's commit and the seek itself.
         self._handover_lock = asyncio.Lock()
         self._last_idle_tick = 0.0
+        self._last_marker_check = 0.0
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -251,7 +266,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # at the top of the next iteration.
         prefetch: asyncio.Future[Any] | None = None
         fetched_in = self._fetch_epoch
-        fetched_in_generation = self.app.consumer_generation_id
         self.draining = self.drain_started = True
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -259,15 +273,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 self._raise_failed_delivery()
                 if prefetch is None:
                     fetched_in = self._fetch_epoch
-                    fetched_in_generation = self.app.consumer_generation_id
                     records, active_partitions = await self._wait_next_records(1.0)
                 else:
                     records, active_partitions = await prefetch
                     prefetch = None
                 generation = fetched_in  # of these records
-                consumer_generation = fetched_in_generation
+                # As Faust: the consumer generation *after* the fetch; delivery to other topics
+                # stops if it changes while they are delivered.
+                consumer_generation = self.app.consumer_generation_id
                 # Faust sleeps here too: getmany can return at once in a loop.
                 await self.sleep(0)
+                if self.read_committed:
+                    await self._skip_transaction_markers_in_recovery()
                 if not records or self.should_stop:
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     if not self.should_stop and self._idle_tick_due():
@@ -285,10 +302,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if generation != self._fetch_epoch:
                     # A rebalance or seek happened since the fetch: these records may be from
                     # before it. Batch partitions are read again from where their undelivered
-                    # records start; other topics keep Faust's rule (drop on a new generation).
+                    # records start. Other topics (changelogs being recovered) keep Faust's
+                    # rule: never dropped for a rebalance during the fetch (recovery seeks them
+                    # itself; records fetched after its seek must reach it).
                     await self._read_again(tp for tp in records if tp.topic in batch_topics)
-                    if consumer_generation != self.app.consumer_generation_id:
-                        continue
                     records = {tp: r for tp, r in records.items() if tp.topic not in batch_topics}
                 batch: dict[TP, list[Any]] = {}
                 others: list[tuple[TP, Any]] = []
@@ -312,11 +329,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         others.extend((tp, r) for r in tp_records)
                 if batch and not others:
                     fetched_in = self._fetch_epoch
-                    fetched_in_generation = self.app.consumer_generation_id
                     prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 if batch:
                     await self._handle_batch(batch, generation)
                 for tp, record in others:
+                    if not self.flow_active or self.app.consumer_generation_id != consumer_generation:
+                        break  # as Faust: a rebalance began; recovery seeks these again
                     await self._deliver_one(tp, record, callback, get_read_offset, set_read_offset)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -338,6 +356,31 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if prefetch is not None:
                 prefetch.cancel()
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _skip_transaction_markers_in_recovery(self) -> None:
+        """Let table recovery finish on changelogs written in transactions.
+
+        Faust's recovery waits until it has seen the record at ``highwater - 1``; when a
+        changelog ends with a transaction marker (a control record, never handed over), that
+        offset never comes. Faust only handles this in its own exactly-once mode
+        (``Recovery._slurp_changelogs``: ``detect_aborted_tx``). Here: once the consumer's
+        position is past the highwater, the partition is complete.
+        """
+        recovery = self.app.tables.recovery
+        if not recovery.in_recovery:
+            return
+        now = self.loop.time()
+        if now - self._last_marker_check < 0.5:
+            return
+        self._last_marker_check = now
+        offsets = recovery.active_offsets
+        for tp, highwater in list(recovery.active_highwaters.items()):
+            if highwater is None or highwater < 0 or (offsets.get(tp) or -1) >= highwater:
+                continue
+            position = await self.position(tp)
+            # Strictly past: at == highwater the record there may still be a data record.
+            if position is not None and position > highwater:
+                offsets[tp] = highwater
 
     def _idle_tick_due(self) -> bool:
         now = self.loop.time()
@@ -410,12 +453,27 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def _deliver_batch(
         self, handler: BatchHandler, prepared: Any, batch: Mapping[TP, list[Any]]
     ) -> None:
-        await handler.deliver(prepared)
+        offsets = {tp: tp_records[-1].offset + 1 for tp, tp_records in batch.items()}
+        try:
+            committed = await handler.deliver(prepared, offsets, self.group_metadata)
+        except StaleBatch as exc:
+            self.log.info("%s; its records are read again", exc)
+            handler.discard(prepared)
+            await self._read_again(batch)
+            return
         assignment = self.assignment()
-        for tp, tp_records in batch.items():
+        for tp, offset in offsets.items():
             if tp in assignment:
                 self._acked[tp]
-                self._delivered_offsets[tp] = tp_records[-1].offset + 1
+                self._delivered_offsets[tp] = offset
+                if committed:  # in the batch's transaction: Faust has nothing left to commit
+                    self._committed_offset[tp] = offset
+
+    def group_metadata(self) -> bytes:
+        """This member of the consumer group (generation, member id), as a transactional
+        producer's ``send_offsets_to_transaction`` needs it."""
+        coordinator = self._thread._ensure_consumer()._coordinator
+        return group_metadata(self.app.conf.id, coordinator.generation, coordinator.member_id)
 
     async def _deliver_one(
         self,

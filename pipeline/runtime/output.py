@@ -7,6 +7,14 @@ compresses and retries in its own threads.
 Offsets are committed only after ``send_batch`` returns, and it returns only when every message
 of the batch is acknowledged by the broker (``acks=all``, idempotent producer), so a crash can
 repeat events (at least once) but never lose one.
+
+Exactly once (``transactional_id`` set): each batch is one Kafka transaction holding its
+outputs, its state changelog records and its source offsets (``send_offsets_to_transaction``
+with the consumer group's generation and member id, so a worker that lost its partitions in a
+rebalance is fenced). A ``read_committed`` consumer sees a batch's outputs only if its offsets
+were committed with them. Faust's own exactly-once mode is not used: it keeps one producer per
+source partition and sends to topics the app does not consume outside any transaction
+(faust-streaming #177).
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import logging
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+import struct
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline.core.records import Output
 from pipeline.errors import PipelineError
@@ -33,6 +43,37 @@ class DeliveryFailed(PipelineError):
         """How many messages were not delivered."""
 
 
+class StaleBatch(PipelineError):
+    """A transaction was aborted because the group rebalanced meanwhile: the batch was not
+    delivered and its records are read again (by this worker or the partition's new owner)."""
+
+
+# Errors of a transactional offset commit that mean "the group moved on": not fatal.
+_REBALANCE_ERRORS = frozenset(
+    code
+    for code in (
+        getattr(KafkaError, name, None)
+        for name in (
+            "ILLEGAL_GENERATION",
+            "UNKNOWN_MEMBER_ID",
+            "REBALANCE_IN_PROGRESS",
+            "FENCED_INSTANCE_ID",
+            "NOT_COORDINATOR",
+        )
+    )
+    if code is not None
+)
+
+
+def group_metadata(group_id: str, generation: int, member_id: str) -> bytes:
+    """What ``Consumer.consumer_group_metadata()`` returns (librdkafka's serialised form) for
+    the group member Faust's aiokafka consumer is: ``send_offsets_to_transaction`` needs it."""
+    return (
+        b"CGMDv2:" + struct.pack("=i", generation) + group_id.encode() + b"\0"
+        + member_id.encode() + b"\0" + b"\x01"  # \x01: no group.instance.id
+    )
+
+
 class OutputProducer:
     def __init__(
         self,
@@ -41,6 +82,8 @@ class OutputProducer:
         linger_ms: int = 5,
         extra: Mapping[str, str] | None = None,
         delivery_timeout_s: float = 120.0,
+        transactional_id: str | None = None,
+        transaction_timeout_s: float = 60.0,
     ) -> None:
         self._config = {
             "bootstrap.servers": bootstrap_servers,
@@ -58,6 +101,18 @@ class OutputProducer:
             **(extra or {}),
         }
         self._delivery_timeout_s = delivery_timeout_s
+        self.transactional_id = transactional_id
+        if transactional_id is not None:
+            # A restarted worker with the same id aborts its predecessor's open transaction
+            # at once (init_transactions) instead of leaving read_committed consumers waiting.
+            self._config["transactional.id"] = transactional_id
+            self._config["transaction.timeout.ms"] = int(transaction_timeout_s * 1000)
+            # librdkafka: a message may not outlive the transaction it belongs to.
+            timeout_ms = min(int(delivery_timeout_s * 1000), int(transaction_timeout_s * 1000))
+            self._config["delivery.timeout.ms"] = timeout_ms
+            self._delivery_timeout_s = timeout_ms / 1000
+        self._in_transaction = False
+        self._transactions_ready = False
         self._producer = Producer(self._config)
         self._failures: list[KafkaError] = []
         self.sent: Counter[str] = Counter()
@@ -97,6 +152,54 @@ class OutputProducer:
             except BufferError:
                 self._producer.poll(0.05)
 
+    @property
+    def transactional(self) -> bool:
+        return self.transactional_id is not None
+
+    def begin(self) -> None:
+        """Start the batch's transaction (exactly-once mode; a no-op otherwise)."""
+        if self.transactional_id is None:
+            return
+        if not self._transactions_ready:
+            self._producer.init_transactions(30)
+            self._transactions_ready = True
+        self._producer.begin_transaction()
+        self._in_transaction = True
+
+    def _commit_transaction(
+        self, offsets: Mapping[tuple[str, int], int], metadata: bytes | None
+    ) -> None:
+        """Send the offsets into the transaction and commit it (blocking; an executor thread)."""
+        producer = self._producer
+        try:
+            if offsets:
+                positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                producer.send_offsets_to_transaction(positions, metadata, 30)
+            producer.commit_transaction(self._delivery_timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0]
+            self._in_transaction = False
+            if error.fatal():
+                raise DeliveryFailed(f"transaction failed: {error.str()}", failed=0) from None
+            try:
+                producer.abort_transaction(30)
+            except KafkaException as abort_exc:
+                raise DeliveryFailed(
+                    f"transaction failed ({error.str()}) and could not be aborted: "
+                    f"{abort_exc.args[0].str()}", failed=0,
+                ) from None
+            self._failures.clear()
+            if error.code() in _REBALANCE_ERRORS:
+                raise StaleBatch(f"transaction aborted, the group rebalanced: {error.str()}") from None
+            raise DeliveryFailed(f"transaction aborted: {error.str()}", failed=0) from None
+        self._in_transaction = False
+        if self._failures:  # cannot happen after a successful commit; be loud if it does
+            failures, self._failures = self._failures, []
+            raise DeliveryFailed(
+                f"{len(failures)} messages failed in a committed transaction: {failures[0].str()}",
+                failed=len(failures),
+            )
+
     def wait_delivered(self) -> None:
         """Block until everything enqueued is acknowledged; raise if anything failed."""
         remaining = self._producer.flush(self._delivery_timeout_s)
@@ -111,14 +214,33 @@ class OutputProducer:
                 failed=len(failures),
             )
 
-    async def send_batch(self, outputs: Sequence[Output]) -> None:
-        """Produce a batch and wait for its delivery without blocking the event loop."""
+    async def send_batch(
+        self,
+        outputs: Sequence[Output],
+        *,
+        offsets: Mapping[tuple[str, int], int] | None = None,
+        metadata: bytes | None = None,
+    ) -> None:
+        """Produce a batch and wait for its delivery without blocking the event loop.
+
+        Exactly-once mode: the transaction (begun by ``begin``) is committed with ``offsets``
+        ((topic, partition) -> next offset) for the consumer group member ``metadata``.
+        """
         self.produce_all(outputs)
-        # flush() releases the GIL while librdkafka waits, so the loop (heartbeats, web
-        # requests) keeps running in the meantime.
-        await asyncio.get_running_loop().run_in_executor(None, self.wait_delivered)
+        # flush() and commit_transaction() release the GIL while librdkafka waits, so the loop
+        # (heartbeats, web requests) keeps running in the meantime.
+        loop = asyncio.get_running_loop()
+        if self._in_transaction:
+            await loop.run_in_executor(None, self._commit_transaction, offsets or {}, metadata)
+        else:
+            await loop.run_in_executor(None, self.wait_delivered)
 
     def close(self, timeout: float = 30.0) -> None:
+        if self._in_transaction:
+            try:
+                self._producer.abort_transaction(timeout)
+            except KafkaException as exc:
+                log.error("could not abort the open transaction: %s", exc.args[0])
         remaining = self._producer.flush(timeout)
         if remaining:
             log.error("%d output messages were not delivered before close", remaining)

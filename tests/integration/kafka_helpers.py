@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,6 +130,10 @@ def consume_all(topics: Iterable[str], timeout: float = 30.0) -> list[ConsumedRe
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
+            # The end of a partition is reported as an event: with transactions the last
+            # offsets are commit markers, never delivered, so "last offset + 1 == high
+            # watermark" cannot tell the end.
+            "enable.partition.eof": True,
         }
     )
     try:
@@ -149,6 +153,8 @@ def consume_all(topics: Iterable[str], timeout: float = 30.0) -> list[ConsumedRe
         while ends and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=10000, timeout=0.5):
                 if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        ends.pop((msg.topic(), msg.partition()), None)
                     continue
                 tp = (msg.topic(), msg.partition())
                 records.append(

@@ -129,18 +129,19 @@ def _get(port: int, path: str) -> tuple[int, Any]:
 def _wait_ready(*ports: int, timeout: float = 90.0) -> None:
     """Until every worker has partitions and its state recovered (``/ready``)."""
     deadline = time.monotonic() + timeout
-    waiting = list(ports)
+    waiting = {p: "not started" for p in ports}
     while waiting and time.monotonic() < deadline:
-        waiting = [p for p in waiting if _ready(p) is not True]
+        waiting = {p: answer for p in waiting if (answer := _ready(p)) is not True}
         time.sleep(0.5)
-    assert not waiting, f"workers on {waiting} not ready"
+    assert not waiting, f"workers not ready: {waiting}"
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int) -> bool | object:
     try:
-        return _get(port, "/ready")[0] == 200
-    except OSError:
-        return False
+        status, body = _get(port, "/ready")
+    except OSError as exc:
+        return repr(exc)
+    return True if status == 200 else body
 
 
 def test_two_workers_with_a_restart_match_a_recomputation(kafka_broker: str, tmp_path: Path) -> None:

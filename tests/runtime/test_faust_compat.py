@@ -103,11 +103,12 @@ class _Handler:
     def discard(self, prepared):  # type: ignore[no-untyped-def]
         self.discarded.append(prepared)
 
-    async def deliver(self, prepared):  # type: ignore[no-untyped-def]
+    async def deliver(self, prepared, offsets=None, group_metadata=None):  # type: ignore[no-untyped-def]
         await self.release.wait()
         if self.fail:
             raise RuntimeError("delivery failed")
         self.delivered.append(prepared)
+        return False
 
 
 class _Record:

@@ -16,6 +16,8 @@ CHANGELOG = "app-dedupe-changelog"
 
 
 class FakeOutput:
+    transactional = False
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes | None, int]] = []
         self.failures: list[Any] = []

@@ -1,0 +1,1 @@
+"""Fuzz harnesses (atheris); run by tests/test_fuzz.py and `make fuzz`."""
