@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from pipeline.core.deadletter import DeadLetterBuilder
+from pipeline.core.deadletter import DeadLetterBuilder, dead_letter_key
 from pipeline.core.records import Output, SourceMessage
 
 
@@ -61,5 +61,5 @@ class BatchContext:
             failed_at_ms=self.now_ms,
             event=event,
         )
-        self.outputs.append((self._dead_letter.topic, message.key, record))
+        self.outputs.append((self._dead_letter.topic, dead_letter_key(message.key), record))
         self.dead_letters[(reason, stage)] += 1

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 import orjson
 
 from pipeline.core.records import SourceMessage
 
-# Kafka's default max.message.bytes is 1 MiB; keep every record safely below it.
-RECORD_SIZE_LIMIT = 1_000_000
+MESSAGE_SIZE_LIMIT = 1_000_000
+"""librdkafka's default ``message.max.bytes``: key, value and headers of one message, plus a
+few dozen bytes of framing, must stay below it (the broker's default limit is 1 MiB)."""
+RECORD_SIZE_LIMIT = MESSAGE_SIZE_LIMIT - 1_024
+"""Key plus value of any record we produce; the rest is headroom for the framing."""
+MAX_KEY_BYTES = 4_096
+"""A dead letter keeps its message's key up to this size; a longer one is replaced by its
+SHA-256 (``sha256:<hex>``), so a huge key cannot make the dead letter unsendable."""
 _MAX_PATH = 1024
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    if key is None or len(key) <= MAX_KEY_BYTES:
+        return key
+    return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
+
+
+def fits(key: bytes | None, value: bytes) -> bool:
+    """Whether a record with this key and value can be produced."""
+    return len(value) + (len(key) if key else 0) <= RECORD_SIZE_LIMIT
 
 
 def _text_or_base64(data: bytes) -> tuple[str, str]:
@@ -74,8 +92,10 @@ class DeadLetterBuilder:
             "topology": self._topology,
         }
         encoded = orjson.dumps(record)
-        keep = min(self._max_payload_bytes, (RECORD_SIZE_LIMIT // 2) * 3 // 4)
-        while len(encoded) > RECORD_SIZE_LIMIT and keep > 0:
+        # The record travels with the (possibly shortened) original key: both must fit.
+        limit = RECORD_SIZE_LIMIT - len(dead_letter_key(message.key) or b"")
+        keep = min(self._max_payload_bytes, (limit // 2) * 3 // 4)
+        while len(encoded) > limit and keep > 0:
             # JSON escaping can blow control characters up six-fold; base64 of a prefix is
             # bounded (4/3). Halve the prefix until the record fits.
             record["payload"] = base64.b64encode(raw[:keep]).decode("ascii")

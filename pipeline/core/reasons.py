@@ -39,5 +39,8 @@ class Reason(StrEnum):
     """``properties`` do not match the event's Avro schema (path says where)."""
     ENRICHMENT_FAILED = "enrichment_failed"
     """An enricher raised on this event and its stage says ``on_error: dead_letter``."""
+    OUTPUT_TOO_LARGE = "output_too_large"
+    """The event to send on (routed after enrichment, or forwarded to its partition) is larger
+    than a Kafka message may be (``MESSAGE_SIZE_LIMIT``)."""
     STAGE_ERROR = "stage_error"
     """A stage raised an unexpected exception on this event (a bug); the stage id says which."""

@@ -127,22 +127,32 @@ class TopologyAgent:
         group_metadata: Callable[[], bytes] | None = None,
     ) -> bool:
         """Send the batch; True when its offsets were committed with it (exactly once)."""
-        # State changes travel with the outputs and reach the local store only once both are
-        # acknowledged (state.py explains why).
+        # State changes reach the local store only once they and the outputs are acknowledged
+        # (state.py explains why).
         started = time.perf_counter()
         output = self.output
-        output.begin()  # exactly once: the batch's transaction (output.py)
-        for store, staged in batch.state:
-            store.produce_staged(staged)
         try:
-            if output.transactional and offsets and group_metadata is not None:
+            if output.transactional:
+                # Exactly once: outputs, state and offsets in one transaction (output.py).
+                output.begin()
+                for store, staged in batch.state:
+                    store.produce_staged(staged)
                 await output.send_batch(
                     batch.ctx.outputs,
-                    offsets={(tp.topic, tp.partition): o for tp, o in offsets.items()},
-                    metadata=group_metadata(),
+                    offsets={(tp.topic, tp.partition): o for tp, o in (offsets or {}).items()},
+                    metadata=group_metadata() if offsets and group_metadata else None,
                 )
             else:
+                # At least once: the outputs first, the state only once they are acknowledged.
+                # The other order could leave the changelog ahead of the outputs when a
+                # delivery fails or the worker dies: after a restart the dedupe table would
+                # then drop those events as duplicates, and they would be lost. This order can
+                # only repeat them.
                 await output.send_batch(batch.ctx.outputs)
+                if any(staged for _, staged in batch.state):
+                    for store, staged in batch.state:
+                        store.produce_staged(staged)
+                    await output.send_batch(())
         except DeliveryFailed as exc:
             if self.metrics is not None:
                 self.metrics.record_delivery(time.perf_counter() - started, failed_messages=exc.failed)

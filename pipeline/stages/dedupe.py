@@ -25,8 +25,10 @@ import orjson
 from pydantic import Field, model_validator
 
 from pipeline.core.batch import BatchContext
+from pipeline.core.deadletter import RECORD_SIZE_LIMIT, fits
 from pipeline.core.dedupe_store import DedupeStore, MemoryDedupeStore
 from pipeline.core.identity import IDENTITY_FIELDS, canonical_identity
+from pipeline.core.reasons import Reason
 from pipeline.core.records import Item
 from pipeline.stages import StageType
 from pipeline.topology.model import Duration, Strict, TopicName, Topology, TopologySpec
@@ -158,8 +160,17 @@ class DedupeStage:
             if owner(key, item.message) is None:
                 here.append(item)
             else:
+                value = item.message.value or b""
+                if not fits(key, value):
+                    ctx.dead_letter(
+                        item.message, reason=Reason.OUTPUT_TOO_LARGE, stage=self.id,
+                        detail=f"cannot forward {len(value)} bytes to partition of its identity; "
+                        f"a record may be {RECORD_SIZE_LIMIT}",
+                        event=item.event,
+                    )
+                    continue
                 forwarded += 1
-                ctx.emit(self.repartition_topic, key, item.message.value or b"")
+                ctx.emit(self.repartition_topic, key, value)
         if forwarded:
             ctx.counters[(self.id, "repartitioned")] += forwarded
         return here

@@ -14,6 +14,8 @@ import orjson
 from pydantic import Field, model_validator
 
 from pipeline.core.batch import BatchContext
+from pipeline.core.deadletter import RECORD_SIZE_LIMIT, fits
+from pipeline.core.reasons import Reason
 from pipeline.core.records import Item
 from pipeline.stages import StageType
 from pipeline.topology.model import StepId, Strict, TopicName, Topology, TopologySpec
@@ -242,7 +244,23 @@ class RouteStage:
             # The source key is usually the user id: an event stripped for lack of consent must
             # not carry it in its Kafka key either.
             key = None if event.get("consent_stripped") else item.message.key
-            emit(topic_for(event), key, dumps(event))
+            value = dumps(event)
+            if len(value) > OUTPUT_CHECK_BYTES and not fits(key, value):
+                # Enrichment made it too big for Kafka: producing it would fail the batch.
+                ctx.dead_letter(
+                    item.message, reason=Reason.OUTPUT_TOO_LARGE, stage=self.id,
+                    detail=f"the routed event is {len(value)} bytes (key {len(key or b'')}); "
+                    f"a record may be {RECORD_SIZE_LIMIT}",
+                    event=event,
+                )
+                continue
+            emit(topic_for(event), key, value)
+
+
+OUTPUT_CHECK_BYTES = RECORD_SIZE_LIMIT // 2
+"""Below this a value cannot be too large whatever its key (keys of dead letters are capped;
+a routed event's key is the source key, checked with the value): skips the check for almost
+every event."""
 
 
 def _build(stage_id: str, config: RouteConfig, topology: Topology) -> RouteStage:

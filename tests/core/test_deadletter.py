@@ -352,3 +352,19 @@ def test_event_name_and_id_from_the_event() -> None:
 
 def test_long_messages_are_capped() -> None:
     assert len(build(RawMessage(value=b"x"), detail="d" * 5000)["message"]) == 2000
+
+
+def test_a_huge_key_is_replaced_by_its_hash_and_the_record_still_fits() -> None:
+    from pipeline.core.batch import BatchContext
+    from pipeline.core.deadletter import MAX_KEY_BYTES, dead_letter_key
+
+    key = b"k" * 1_048_576
+    ctx = BatchContext(now_ms=1, dead_letter=builder(limit=2_000_000))
+    message = RawMessage(value=b"\x01" * 400_000 + b"x" * 300_000, key=key, topic="raw", partition=0, offset=1)
+    ctx.dead_letter(message, reason=Reason.MALFORMED_JSON, stage="validate", detail="bad")
+    [(_, out_key, value)] = ctx.outputs
+    assert out_key == dead_letter_key(key) and out_key.startswith(b"sha256:")
+    assert len(out_key) + len(value) <= RECORD_SIZE_LIMIT
+    assert dead_letter_key(b"short") == b"short" and dead_letter_key(b"x" * MAX_KEY_BYTES) == b"x" * MAX_KEY_BYTES
+    record = assert_valid_record(value)
+    assert record["key"] == "k" * 1024, "the record keeps the key's first 1 KiB"

@@ -365,3 +365,25 @@ def test_example_topology_batch_routing(processor: Processor) -> None:
     assert topics.count("processed_events") == 5
     # Valid events keep their input order.
     assert [orjson.loads(v)["user_id"] for _, _, v in ctx.outputs] == [f"u{i}" for i in range(20)]
+
+
+def test_an_event_too_large_for_kafka_is_dead_lettered_not_sent() -> None:
+    from pipeline.core.batch import BatchContext
+    from pipeline.core.deadletter import RECORD_SIZE_LIMIT, DeadLetterBuilder
+    from pipeline.core.records import Item, RawMessage
+
+    route = stage()
+    builder = DeadLetterBuilder(topic="dlq", topology_name="t", topology_version="1", max_payload_bytes=4096)
+    ctx = BatchContext(now_ms=1, dead_letter=builder)
+    big = Item(ev(pad="x" * RECORD_SIZE_LIMIT), RawMessage(value=b"{}", key=b"k", topic="raw", partition=0, offset=7))
+    # Just small enough with its key: sent.
+    edge_event = ev(pad="")
+    overhead = len(orjson.dumps({**edge_event, "processed_at": 1, "pipeline": {}}))
+    edge = Item(ev(pad="y" * (RECORD_SIZE_LIMIT - overhead - 1)), RawMessage(value=b"{}", key=b"k", topic="raw", partition=0, offset=8))
+    route.emit([big, edge], ctx)
+    topics = [t for t, _, _ in ctx.outputs]
+    assert topics == ["dlq", "other"]
+    record = orjson.loads(ctx.outputs[0][2])
+    assert record["reason"] == "output_too_large" and record["stage"] == "route"
+    assert record["source"]["offset"] == 7
+    assert len(ctx.outputs[1][1]) + len(ctx.outputs[1][2]) <= RECORD_SIZE_LIMIT

@@ -401,8 +401,11 @@ def test_dead_letter_reason(processor: Processor, case: Case) -> None:
 
 def test_every_reason_code_has_a_case() -> None:
     covered = {c.reason for c in CASES} | {Reason.UNKNOWN_EVENT}  # tested on its own below
-    # stage_error and enrichment_failed come from later stages (tests/core, tests/stages/test_enrich).
-    assert covered == set(Reason) - {Reason.STAGE_ERROR, Reason.ENRICHMENT_FAILED}
+    # stage_error, enrichment_failed and output_too_large come from later stages (tests/core,
+    # tests/stages/test_enrich, test_route, test_dedupe).
+    assert covered == set(Reason) - {
+        Reason.STAGE_ERROR, Reason.ENRICHMENT_FAILED, Reason.OUTPUT_TOO_LARGE
+    }
 
 
 def test_reasons_match_the_dead_letter_schema(example_topology: Topology) -> None:
@@ -436,7 +439,12 @@ def test_payload_at_exactly_the_limit_is_accepted(processor: Processor) -> None:
     stub = encode(event(pad=""))
     padded = encode(event(pad="x" * (1_048_576 - len(stub))))
     assert len(padded) == 1_048_576
-    assert accepted(processor, padded)["pad"].startswith("xxx")
+    # Validate accepts it; stamped and routed it no longer fits a Kafka record (1,000,000
+    # bytes): the route stage dead-letters it instead of failing the batch.
+    record = rejected(processor, padded)
+    assert (record["reason"], record["stage"]) == ("output_too_large", "route"), record
+    fits = encode(event(pad="x" * (990_000 - len(stub))))
+    assert accepted(processor, fits)["pad"].startswith("xxx")
     too_big = encode(event(pad="x" * (1_048_577 - len(stub))))
     assert_dead(rejected(processor, too_big), Reason.PAYLOAD_TOO_LARGE, None)
 
