@@ -31,6 +31,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from pipeline.core.deadletter import dead_letter_key
 from pipeline.core.reasons import Reason
 from pipeline.traffic import TrafficProfile, generate
 from tests.integration.kafka_helpers import (
@@ -378,7 +379,7 @@ def test_hostile_corpus_is_dead_lettered_and_the_worker_survives(
         expected = item.reason if isinstance(item.reason, frozenset) else {item.reason}
         if record["reason"] not in expected:
             wrong[item.name] = (record["reason"], record["message"])
-        assert r.key == item.key, item.name
+        assert r.key == dead_letter_key(item.key), item.name  # SHA-256 above 4 KiB
         if item.key is None:
             assert record["key"] is None
         elif record["key_encoding"] == "utf8":
@@ -555,10 +556,10 @@ def test_poison_one_megabyte_key(kafka_broker: str, tmp_path: Path) -> None:
 
 
 def _dead_letter_near_the_limit(source: str, key: bytes, now_ms: int) -> bytes:
-    """A 256 KiB malformed payload whose dead-letter record is 999,980-1,000,000 bytes long:
-    within DeadLetterBuilder's RECORD_SIZE_LIMIT, but not once the key and librdkafka's record
-    overhead are added (control characters are escaped six-fold in the JSON record)."""
-    from pipeline.core.deadletter import DeadLetterBuilder
+    """A 256 KiB malformed payload whose dead-letter record is as large as the builder allows
+    (``RECORD_SIZE_LIMIT`` minus the key, within 20 bytes): the worst case it must still be able
+    to send (control characters are escaped six-fold in the JSON record)."""
+    from pipeline.core.deadletter import RECORD_SIZE_LIMIT, DeadLetterBuilder
     from pipeline.core.records import RawMessage
     from pipeline.stages.validate import ValidateConfig, ValidateStage, _Invalid
 
@@ -567,7 +568,7 @@ def _dead_letter_near_the_limit(source: str, key: bytes, now_ms: int) -> bytes:
         topic="invalid_events", topology_name="ecommerce", topology_version="1",
         max_payload_bytes=256 * 1024,
     )
-    for controls in range(147_300, 147_700):
+    for controls in range(145_000, 148_000):
         value = b"\x01" * controls + b"x" * (256 * 1024 - controls)
         try:
             stage.check(value, now_ms)
@@ -576,7 +577,8 @@ def _dead_letter_near_the_limit(source: str, key: bytes, now_ms: int) -> bytes:
                                  timestamp=now_ms)
             record = builder.build(message, reason=bad.reason, stage="validate",
                                    detail=bad.detail, path=bad.path, failed_at_ms=now_ms)
-            if 999_980 <= len(record) <= 1_000_000:
+            limit = RECORD_SIZE_LIMIT - len(key)
+            if limit - 20 <= len(record) <= limit:
                 return value
     raise AssertionError("no payload gives a dead letter of the wanted size")
 
