@@ -200,7 +200,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def _seek_batch_partition(self, tp: TP, offset: int) -> None:
         try:
-            await self.seek(tp, offset)
+            # In the consumer's own thread: Faust's seek() calls aiokafka from this thread,
+            # which races a fetch in flight there (seen: KeyError in Fetcher.fetched_records).
+            thread = self._thread
+            await thread.call_thread(thread._ensure_consumer().seek, tp, offset)
         except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
             self.log.info("Could not seek %r to %d: %r", tp, offset, exc)
         self._read_offset[tp] = offset

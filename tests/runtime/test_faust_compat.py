@@ -7,6 +7,7 @@ fail and point at the method: re-read it upstream, adapt faust_compat, then upda
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 import hashlib
 import inspect
 from importlib.metadata import version
@@ -213,6 +214,19 @@ def test_a_batch_fetched_before_a_rebalance_is_discarded_not_sent(consumer: Batc
     assert consumer._new_offset(tp) == 2
 
 
+class _FakeThread:
+    """The consumer thread: seeks must run there (call_thread), never from the app's thread."""
+
+    def __init__(self, seek: Any) -> None:
+        self._consumer = type("C", (), {"seek": staticmethod(seek)})()
+
+    def _ensure_consumer(self) -> Any:
+        return self._consumer
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return fun(*args)
+
+
 def _record_commits(consumer: BatchConsumer, tp: TP) -> list[dict[TP, int]]:
     """Replace Faust's commit (it needs a broker) by one that commits the committable offset."""
     commits: list[dict[TP, int]] = []
@@ -243,11 +257,8 @@ def test_a_seek_commits_what_was_delivered_before_seeking_back(consumer: BatchCo
         seeks.append(("committed", consumer._committed_offset[tp]))
         return {tp: consumer._committed_offset[tp]}
 
-    async def seek(partition: TP, offset: int) -> None:
-        seeks.append(("seek", offset))
-
     consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
-    consumer._seek = seek  # type: ignore[method-assign]
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(("seek", offset)))  # type: ignore[assignment]
     first, second = [_Record(10), _Record(11), _Record(12)], [_Record(13)]
     consumer._first_fetched[tp] = 10
 
@@ -280,10 +291,7 @@ def test_records_dropped_before_any_delivery_are_read_again(consumer: BatchConsu
     consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
     seeks: list[int] = []
 
-    async def seek(partition: TP, offset: int) -> None:
-        seeks.append(offset)
-
-    consumer._seek = seek  # type: ignore[method-assign]
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
     consumer._first_fetched[tp] = 0
 
     async def scenario() -> None:
