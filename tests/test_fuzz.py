@@ -36,7 +36,9 @@ def test_fuzz_decode_and_validate(tmp_path: Path) -> None:
             "-seed=1",
             "-max_len=16384",
             "-rss_limit_mb=1024",
-            "-timeout=20",
+            # No per-input alarm: its SIGALRM killed a finished run (exit -14) on the loaded
+            # CI machine; the subprocess timeout below bounds the run instead.
+            "-timeout=0",
             f"-artifact_prefix={artifacts}/",
             str(corpus),
         ],
