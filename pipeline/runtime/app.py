@@ -414,6 +414,9 @@ def create_app(
         web_enabled=True,
         autodiscover=False,
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        # Heartbeats well inside the session (Kafka's rule: at most a third of it).
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         broker_max_poll_records=settings.batch_max_events,
         consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
         table_standby_replicas=settings.standby_replicas,

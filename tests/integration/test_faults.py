@@ -41,7 +41,12 @@ def crash_and_restart(
     generated = list(generate(events, TrafficProfile(seed=seed)))
     sent = send(topology, ((r.key, r.value) for r in generated))
     expected = sent - sum(1 for r in generated if r.kind == "duplicate")
-    env = {"PIPELINE_PROCESSING_GUARANTEE": guarantee, "PIPELINE_BATCH_MAX_EVENTS": "500"}
+    env = {
+        "PIPELINE_PROCESSING_GUARANTEE": guarantee,
+        "PIPELINE_BATCH_MAX_EVENTS": "500",
+        # A killed worker's partitions move after the session timeout: keep the test short.
+        "PIPELINE_SESSION_TIMEOUT_S": "10",
+    }
     rng = random.Random(seed)
     # Crash points: fractions of the expected outputs, increasing.
     points = sorted(rng.uniform(0.05, 0.9) for _ in range(crashes))
@@ -91,6 +96,7 @@ def duplicates_of(topology) -> tuple[int, int]:
     return sum(n - 1 for n in routed.values()), sum(n - 1 for n in dead.values())
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_kill_9_twice_mid_stream(kafka_broker: str, tmp_path: Path, guarantee: str) -> None:
     topology = make_topology(tmp_path)
@@ -108,6 +114,7 @@ def test_kill_9_twice_mid_stream(kafka_broker: str, tmp_path: Path, guarantee: s
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_kill_9_five_times_in_200k_events(kafka_broker: str, tmp_path: Path, guarantee: str) -> None:
     topology = make_topology(tmp_path)
@@ -121,6 +128,7 @@ def test_kill_9_five_times_in_200k_events(kafka_broker: str, tmp_path: Path, gua
         assert (repeated, repeated_dead) == (0, 0)
 
 
+@pytest.mark.timeout(600)
 def test_exactly_once_outputs_are_invisible_until_committed(kafka_broker: str, tmp_path: Path) -> None:
     """Every routed record of an exactly-once worker is inside a committed transaction: a
     read_uncommitted reader may see aborted ones after a crash, a read_committed one never."""
