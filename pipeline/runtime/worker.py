@@ -86,6 +86,9 @@ def run_worker(topology: Topology, settings: Settings) -> int:
     partitions = ensure_internal_topics(topology, settings)
     (settings.data_dir / topology.name).mkdir(parents=True, exist_ok=True)
     app = create_app(topology, settings, source_partitions=partitions)
+    # Exactly once: resolve a crashed predecessor's transaction before Faust reads the group's
+    # committed offsets (output.py explains why).
+    app.topology_agent.output.init_transactions()
     tune_gc()
     worker = faust.Worker(
         app,
