@@ -138,8 +138,15 @@ class Harness:
 
 def main(argv: list[str]) -> None:
     import logging
+    import signal
 
     import atheris
+
+    # An interval timer survives exec: pytest-timeout's alarm (signal method) in the test
+    # process was inherited and killed finished runs in CI (exit -14). Runs are bounded by
+    # -atheris_runs / -max_total_time and by the caller's subprocess timeout instead.
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
     # Coverage feedback from the pipeline's own code (orjson is C and not instrumented).
     # Instrumenting everything loaded (atheris.instrument_all) takes minutes: pydantic, ...
