@@ -50,7 +50,12 @@ def test_fuzz_decode_and_validate(tmp_path: Path) -> None:
         timeout=240,
     )
     crashes = sorted(p.name for p in artifacts.iterdir())
-    assert result.returncode == 0 and not crashes, (
+    # A SIGALRM (-14) after the last run, on the loaded CI machine, is not a finding; one
+    # before it still fails below ("Done N runs" is printed only when every run completed).
+    finished = result.returncode == 0 or (
+        result.returncode == -14 and f"Done {RUNS}" in result.stderr
+    )
+    assert finished and not crashes, (
         f"fuzzer exit code {result.returncode}, artifacts {crashes}:\n{result.stderr[-6000:]}"
     )
     assert f"Done {RUNS}" in result.stderr, result.stderr[-3000:]
