@@ -32,7 +32,6 @@ again (they still flow on to the other stages: dedupe, if present, drops them to
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,7 +45,7 @@ from pipeline.core.combiner import WindowCombiner
 from pipeline.core.records import SourceMessage
 from pipeline.runtime.output import OutputProducer
 from pipeline.runtime.partitioning import kafka_partition
-from pipeline.runtime.state import FAUST_KEY_PREFIX
+from pipeline.runtime.state import FAUST_KEY_PREFIX, ChangelogProgress
 from pipeline.stages.aggregate import AggregateStage
 
 log = logging.getLogger(__name__)
@@ -107,8 +106,7 @@ class AggregateRuntime:
         self.owned: frozenset[int] = frozenset()
         """Partition numbers of the source topic this worker owns."""
         self._loaded = False
-        self._lock = threading.Lock()
-        self._changelog_offsets: dict[int, int] = {}
+        self._progress = ChangelogProgress(table, output)
         self.malformed_partials = 0
 
     # -- assignment and loading ----------------------------------------------------------------
@@ -236,7 +234,7 @@ class AggregateRuntime:
         produce = self.output.produce_to_partition
         for partition, changes in staged:
             for key, value in changes:
-                produce(topic, key, value, partition, self._on_changelog_delivered)  # type: ignore[arg-type]
+                produce(topic, key, value, partition, self._progress.on_delivered)  # type: ignore[arg-type]
 
     def unstage(self, staged: StagedChanges) -> None:
         # The batch is not sent; its events come again. The in-memory state has them added:
@@ -263,27 +261,8 @@ class AggregateRuntime:
                     else:
                         data[key] = value
 
-    def _on_changelog_delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.output.record_failure(err)
-            return
-        partition, offset = msg.partition(), msg.offset()
-        with self._lock:
-            if offset > self._changelog_offsets.get(partition, -1):
-                self._changelog_offsets[partition] = offset
-
     def after_delivery(self) -> None:
-        with self._lock:
-            offsets, self._changelog_offsets = self._changelog_offsets, {}
-        store = self.table.data
-        if offsets and hasattr(store, "set_persisted_offset"):
-            for partition, offset in offsets.items():
-                try:
-                    store.set_persisted_offset(
-                        TP(self.table.changelog_topic_name, partition), offset
-                    )
-                except Exception:  # noqa: BLE001 - a revoked partition's DB may be closed
-                    log.debug("could not persist changelog offset for partition %d", partition)
+        self._progress.persist()
 
     # -- queries ---------------------------------------------------------------------------------
 

@@ -67,6 +67,42 @@ SWEEP_MAX_DELETES = 500_000
 """Most keys forgotten (and tombstones produced) per sweep."""
 
 
+class ChangelogProgress:
+    """How far a table's changelog is written, per partition.
+
+    The delivery callbacks of its records (on the thread that flushes) only record the offsets;
+    after each delivered batch ``persist`` saves them in the store, where RocksDB keeps them so
+    that a recovery resumes there. Shared by the dedupe tables and the aggregates' table.
+    """
+
+    def __init__(self, table: Any, output: OutputProducer) -> None:
+        self.table = table
+        self.output = output
+        self._lock = threading.Lock()
+        self._offsets: dict[int, int] = {}
+
+    def on_delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.output.record_failure(err)
+            return
+        partition, offset = msg.partition(), msg.offset()
+        with self._lock:
+            if offset > self._offsets.get(partition, -1):
+                self._offsets[partition] = offset
+
+    def persist(self) -> None:
+        with self._lock:
+            offsets, self._offsets = self._offsets, {}
+        store = self.table.data
+        if offsets and hasattr(store, "set_persisted_offset"):
+            topic = self.table.changelog_topic_name
+            for partition, offset in offsets.items():
+                try:
+                    store.set_persisted_offset(TP(topic, partition), offset)
+                except Exception:  # noqa: BLE001 - a revoked partition's DB may be closed
+                    log.debug("could not persist changelog offset for partition %d", partition)
+
+
 StagedWrites = list[tuple[int, list[tuple[bytes, bytes]]]]
 """A batch's dedupe writes: (partition, [(key, expiry in decimal epoch ms), ...])."""
 
@@ -94,7 +130,7 @@ class TableDedupeStore:
         self.sweep_scan_keys = sweep_scan_keys
         self.sweep_max_deletes = sweep_max_deletes
         self._lock = threading.Lock()
-        self._changelog_offsets: dict[int, int] = {}
+        self._progress = ChangelogProgress(table, output)
         # Held while the store is written and the matching changelog records are enqueued, by
         # the batch path and by each sweep slice: their writes (and so their changelog records)
         # never interleave, whichever threads they run on.
@@ -190,14 +226,7 @@ class TableDedupeStore:
                         del self._pending[partition]
 
     def _on_changelog_delivered(self, err: Any, msg: Any) -> None:
-        # librdkafka calls this from the thread that flushes; only record the offset here.
-        if err is not None:
-            self.output.record_failure(err)
-        else:
-            partition, offset = msg.partition(), msg.offset()
-            with self._lock:
-                if offset > self._changelog_offsets.get(partition, -1):
-                    self._changelog_offsets[partition] = offset
+        self._progress.on_delivered(err, msg)
 
     def _on_tombstone_delivered(self, err: Any, msg: Any) -> None:
         # A lost tombstone only leaves an expired key in the changelog: a recovery brings it
@@ -207,19 +236,11 @@ class TableDedupeStore:
             with self._lock:
                 self._tombstone_failures += 1
         else:
-            self._on_changelog_delivered(None, msg)
+            self._progress.on_delivered(None, msg)
 
     def after_delivery(self) -> None:
         """Record how far the changelog is written (RocksDB keeps it: recovery resumes there)."""
-        with self._lock:
-            offsets, self._changelog_offsets = self._changelog_offsets, {}
-        store = self._store()
-        if offsets and hasattr(store, "set_persisted_offset"):
-            for partition, offset in offsets.items():
-                try:
-                    store.set_persisted_offset(TP(self.changelog_topic, partition), offset)
-                except Exception:  # noqa: BLE001 - a revoked partition's DB may be closed
-                    log.debug("could not persist changelog offset for partition %d", partition)
+        self._progress.persist()
 
     # -- expiry ------------------------------------------------------------------------------
 
