@@ -320,6 +320,14 @@ class PipelineMetrics:
             "Output messages the broker did not acknowledge (error reports or delivery timeout).",
             registry=registry,
         )
+        # error: the exception's class name (a handful: DeliveryFailed, KafkaException, ...).
+        self.batch_failures = Counter(
+            "pipeline_batch_failures_total",
+            "Batches whose stages or delivery failed; they are read again after a back-off, and "
+            "PIPELINE_MAX_BATCH_FAILURES in a row stop the worker.",
+            ["error"],
+            registry=registry,
+        )
         self.output_delivery = Histogram(
             "pipeline_output_delivery_seconds",
             "Time from producing a batch's outputs until the broker acknowledged all of them.",
@@ -546,6 +554,9 @@ class PipelineMetrics:
         self.output_delivery.observe(seconds)
         if failed_messages:
             self.delivery_failures.inc(failed_messages)
+
+    def record_batch_failure(self, error: BaseException) -> None:
+        self._child(self.batch_failures, type(error).__name__).inc()
 
     def record_late_events(self, aggregate: str, n: int = 1) -> None:
         if n:

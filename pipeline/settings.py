@@ -309,6 +309,11 @@ class Settings:
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     batch_max_events: int = 5000
     """Most events handed to the stages at once (per fetch)."""
+    max_batch_failures: int = 5
+    """Failed batches in a row (delivery failures, runtime errors) that are read again after a
+    back-off (1, 2, 4, ... s) before the worker gives up: ``/health`` fails and it exits with
+    status 1, for its supervisor to restart it. A broker outage shorter than the producer's
+    delivery timeout (120 s) fails no batch at all."""
     commit_interval_s: float = 1.0
     """How often delivered offsets are committed."""
     producer_linger_ms: int = 5
@@ -384,6 +389,8 @@ class Settings:
             problems.append(f"web_port {self.web_port} is not a port")
         if self.batch_max_events < 1:
             problems.append("batch_max_events must be at least 1")
+        if self.max_batch_failures < 1:
+            problems.append(f"max_batch_failures must be at least 1, not {self.max_batch_failures}")
         if self.standby_replicas < 0:
             problems.append(f"standby_replicas must be 0 or more, not {self.standby_replicas}")
         if self.fetch_max_bytes_per_partition < 65536:
@@ -409,6 +416,7 @@ class Settings:
 _INT_FIELDS = {
     "web_port",
     "batch_max_events",
+    "max_batch_failures",
     "producer_linger_ms",
     "rocksdb_memory_mb",
     "standby_replicas",

@@ -48,6 +48,7 @@ EXPECTED_NAMES = {
     "pipeline_geoip_database_build_timestamp_seconds",
     "pipeline_last_batch_timestamp_seconds",
     "pipeline_delivery_failures_total",
+    "pipeline_batch_failures_total",
     "pipeline_output_delivery_seconds",
 }
 
@@ -363,6 +364,9 @@ def test_delivery_and_late_events() -> None:
     metrics.record_delivery(0.02)
     metrics.record_delivery(3.0, failed_messages=7)
     metrics.record_late_events("revenue_per_minute", 3)
+    metrics.record_batch_failure(RuntimeError("a bug"))
+    metrics.record_batch_failure(RuntimeError("a bug"))
+    assert value(metrics, "pipeline_batch_failures_total", error="RuntimeError") == 2
     assert value(metrics, "pipeline_output_delivery_seconds_count") == 2
     assert value(metrics, "pipeline_output_delivery_seconds_bucket", le="0.025") == 1
     assert value(metrics, "pipeline_delivery_failures_total") == 7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import time
 from collections import Counter
@@ -67,15 +68,11 @@ class TopologyAgent:
         self._last_report = (time.monotonic(), 0)
 
     def prepare(self, messages: Sequence[SourceMessage]) -> PreparedBatch:
-        aggregates = self.aggregates
-        if aggregates is None:
-            ctx = self.processor.process(messages)
-        else:
-            aggregates.ensure_loaded()
-            events, partials = aggregates.split(messages)
-            ctx = self.processor.process(events)
-            if partials:
-                aggregates.combine(partials, ctx)
+        try:
+            ctx = self._run_stages(messages)
+        except Exception:
+            self._forget_staged()
+            raise
         self.events_in += len(messages)
         self.batches += 1
         self.dead_letters += sum(ctx.dead_letters.values())
@@ -92,6 +89,23 @@ class TopologyAgent:
             )
         return PreparedBatch(ctx, [(store, store.take_staged()) for store in self.stores])
 
+    def _run_stages(self, messages: Sequence[SourceMessage]) -> BatchContext:
+        aggregates = self.aggregates
+        if aggregates is None:
+            return self.processor.process(messages)
+        aggregates.ensure_loaded()
+        events, partials = aggregates.split(messages)
+        ctx = self.processor.process(events)
+        if partials:
+            aggregates.combine(partials, ctx)
+        return ctx
+
+    def _forget_staged(self) -> None:
+        """A batch failed half-way through its stages: its records are read again, so nothing
+        it staged may remain (the aggregates rebuild their memory from the table)."""
+        for store in self.stores:
+            store.unstage(store.take_staged())
+
     def prepare_idle(self) -> PreparedBatch | None:
         """No record for a while: close the aggregate windows that are due by the clock."""
         aggregates = self.aggregates
@@ -99,7 +113,11 @@ class TopologyAgent:
             return None
         aggregates.ensure_loaded()
         ctx = self.processor.new_context()
-        aggregates.tick(ctx)
+        try:
+            aggregates.tick(ctx)
+        except Exception:
+            self._forget_staged()
+            raise
         state = [(store, store.take_staged()) for store in self.stores]
         if not ctx.outputs and not any(staged for _, staged in state):
             return None
@@ -156,6 +174,10 @@ class TopologyAgent:
         except DeliveryFailed as exc:
             if self.metrics is not None:
                 self.metrics.record_delivery(time.perf_counter() - started, failed_messages=exc.failed)
+            output.abort()
+            raise
+        except Exception:
+            output.abort()  # e.g. a changelog record could not be produced
             raise
         if self.metrics is not None:
             self.metrics.record_delivery(time.perf_counter() - started)
@@ -187,12 +209,23 @@ class PipelineApp(faust.App):
         agent: TopologyAgent,
         batch_topics: list[str],
         fetch_max_wait_ms: int = 100,
+        max_batch_failures: int = 5,
         **kwargs: Any,
     ):
         self.topology_agent = agent
         self._batch_topics = batch_topics
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._max_batch_failures = max_batch_failures
+        self.fatal_error: BaseException | None = None
+        """Why the worker stopped itself (it then exits with status 1)."""
         super().__init__(*args, **kwargs)
+
+    def fail(self, error: BaseException) -> None:
+        """The agent cannot go on: stop the worker the way SIGTERM does (deliver and commit what
+        was delivered, then exit), but with a non-zero exit status (``run_worker``)."""
+        if self.fatal_error is None:
+            self.fatal_error = error
+            signal.raise_signal(signal.SIGTERM)
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)
@@ -203,6 +236,11 @@ class PipelineApp(faust.App):
         consumer.use_batches(self._batch_topics, self.topology_agent)
         consumer.fetch_max_wait_ms = self._fetch_max_wait_ms
         consumer.read_committed = self.topology_agent.output.transactional
+        consumer.max_batch_failures = self._max_batch_failures
+        consumer.on_fatal = self.fail
+        metrics = self.topology_agent.metrics
+        if metrics is not None:
+            consumer.on_batch_failure = metrics.record_batch_failure
         return consumer
 
 
@@ -333,7 +371,9 @@ def health_problems(app: PipelineApp) -> list[str]:
     """Why the worker is not healthy: its fetch loop (the topology's agent) stopped or failed.
     Empty while it starts (``/ready`` covers that)."""
     problems = []
-    if app.should_stop:
+    if app.fatal_error is not None:
+        problems.append(f"the worker gave up: {app.fatal_error}")
+    elif app.should_stop:
         problems.append("the worker is stopping")
     consumer = app.consumer
     if isinstance(consumer, BatchConsumer):
@@ -347,6 +387,12 @@ def health_problems(app: PipelineApp) -> list[str]:
 def readiness_problems(app: PipelineApp) -> list[str]:
     """What the worker still waits for before it processes events."""
     waiting = []
+    consumer = app.consumer
+    if isinstance(consumer, BatchConsumer) and consumer.batch_failures:
+        waiting.append(
+            f"a failed batch to be read again ({consumer.batch_failures} failed in a row, "
+            f"the worker gives up at {consumer.max_batch_failures})"
+        )
     if app.rebalancing:
         waiting.append("rebalance")
     if not app.consumer.assignment():
@@ -405,6 +451,7 @@ def create_app(
         agent=agent,
         batch_topics=[source.topic, *internal_topics],
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        max_batch_failures=settings.max_batch_failures,
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir / topology.name),

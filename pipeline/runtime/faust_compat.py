@@ -22,7 +22,14 @@ batch's delivery completes, i.e. after every output and state record of the batc
 acknowledged by the broker. Faust's commit machinery then commits it (``_new_offset`` below). The
 delivery in flight is shielded from the fetcher's cancellation and awaited by ``wait_empty()``, so
 a rebalance or SIGTERM finishes, delivers and commits the batch in hand before letting go of the
-partitions. A failed delivery is raised in the fetch loop (it never becomes committable).
+partitions.
+
+Failures: a batch whose stages or delivery fail never becomes committable. It is discarded
+(its staged state forgotten) and its records, and those of the batch prepared behind it, are
+read again after a back-off (1 s, 2 s, 4 s, ...). ``max_batch_failures`` failures in a row, or
+one the producer cannot recover from, end the fetch loop: ``/health`` fails and ``on_fatal``
+stops the worker with a non-zero exit status, rather than leaving a live process whose agent
+is dead.
 
 Two Faust behaviours would otherwise make delivered batches run again, and are handled here:
 on revocation Faust forgets the acknowledged offsets before its own commit, and after recovery
@@ -49,14 +56,15 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from pipeline.core.records import SourceMessage
-from pipeline.runtime.output import StaleBatch, group_metadata
+from pipeline.runtime.output import DeliveryFailed, StaleBatch, group_metadata
 
 
 class BatchHandler(Protocol):
     """What the batch consumer hands batches to (the topology agent)."""
 
     def prepare(self, messages: Sequence[SourceMessage]) -> Any:
-        """Run the stages over a batch (synchronously); returns what ``deliver`` needs."""
+        """Run the stages over a batch (synchronously); returns what ``deliver`` needs.
+        If it raises, it leaves no state behind (the records are read again)."""
 
     async def deliver(
         self, prepared: Any, offsets: Mapping[TP, int], group_metadata: Callable[[], bytes]
@@ -82,6 +90,12 @@ class BatchHandler(Protocol):
 FAUST_VERSION_TESTED = "0.15.3"
 
 IDLE_TICK_INTERVAL_S = 1.0
+
+MAX_RETRY_BACKOFF_S = 30.0
+
+
+class BatchesFailing(Exception):
+    """Batches failed too often in a row (or in a way that cannot be retried): the worker stops."""
 
 
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -116,6 +130,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
     """True while the fetch loop that feeds the batch handler runs (``/health``)."""
     drain_failure: BaseException | None = None
     """Why the fetch loop stopped, if it failed."""
+    max_batch_failures: int = 5
+    """Failed batches in a row retried before the fetch loop gives up."""
+    batch_failures: int = 0
+    """Failed batches since the last delivered one."""
+    on_fatal: Callable[[BaseException], None] | None = None
+    """Called once when the fetch loop gives up (the app stops the worker, non-zero exit)."""
+    on_batch_failure: Callable[[BaseException], None] | None = None
+    """Called for every failed batch (metrics)."""
 
     batch_topics: frozenset[str] = frozenset()
     batch_handler: BatchHandler | None = None
@@ -134,6 +156,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._handover_lock = asyncio.Lock()
         self._last_idle_tick = 0.0
         self._last_marker_check = 0.0
+        self._failure: BaseException | None = None
+        """The last batch failure, not yet waited out by the fetch loop."""
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -273,7 +297,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                self._raise_failed_delivery()
+                if self._failure is not None:
+                    await self._back_off_after_failure()
+                    continue
                 if prefetch is None:
                     fetched_in = self._fetch_epoch
                     records, active_partitions = await self._wait_next_records(1.0)
@@ -354,9 +380,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
         except Exception as exc:
+            # Not raised further: a crashed fetcher leaves a live process with a dead agent.
             self.drain_failure = exc
-            self.log.exception("Drain messages raised: %r", exc)
-            raise
+            self.log.critical("The batch fetch loop stopped: %r. Stopping the worker.", exc,
+                              exc_info=not isinstance(exc, BatchesFailing))
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
         finally:
             self.draining = False
             if prefetch is not None:
@@ -407,7 +436,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
         handler = self.batch_handler
         if handler is None:
             return
-        prepared = handler.prepare_idle()
+        try:
+            prepared = handler.prepare_idle()
+        except Exception as exc:  # noqa: BLE001 - counted and retried like a failed batch
+            await self._wait_inflight()
+            self._batch_failed(exc)
+            return
         if prepared is not None:
             await self._hand_over(handler, prepared, {}, generation)
 
@@ -419,7 +453,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         for tp, tp_records in batch.items():
             messages.extend(tp_records)
         # Runs while the previous batch is still being acknowledged (see the module docstring).
-        prepared = handler.prepare(messages)
+        try:
+            prepared = handler.prepare(messages)
+        except Exception as exc:  # noqa: BLE001 - a bug or bad state: retried, then fatal
+            # The batch in flight settles first: the state is rebuilt from what it leaves.
+            await self._wait_inflight()
+            await self._read_again(batch)
+            self._batch_failed(exc)
+            return
         for tp, tp_records in batch.items():
             # Processed: never hand these records over again (until a seek resets the offset).
             self._read_offset[tp] = tp_records[-1].offset + 1
@@ -433,11 +474,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
             try:
                 await self._wait_inflight()
             except BaseException:
-                handler.discard(prepared)  # stopping (or the previous delivery failed): never sent
+                handler.discard(prepared)  # stopping: never sent
                 raise
             if generation != self._fetch_epoch:
-                # A rebalance or seek happened since these records were fetched: they are read
-                # again (by this worker from where its undelivered records start, or by the
+                # A rebalance or seek happened since these records were fetched, or the batch
+                # before this one failed and was read again: they are read again (by this worker from where its undelivered records start, or by the
                 # partition's new owner from the committed offset). Sending them now could
                 # duplicate them.
                 handler.discard(prepared)
@@ -448,17 +489,37 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._inflight = asyncio.ensure_future(self._deliver_batch(handler, prepared, batch))
 
     async def _wait_inflight(self) -> None:
-        """Wait for the batch in flight; raise its delivery failure if it failed."""
+        """Wait for the batch in flight (its failures are recorded, never raised here)."""
         inflight = self._inflight
         if inflight is not None:
             await asyncio.shield(inflight)
             self._inflight = None
 
-    def _raise_failed_delivery(self) -> None:
-        inflight = self._inflight
-        if inflight is not None and inflight.done():
-            self._inflight = None
-            inflight.result()  # raises the delivery failure, if any
+    def _batch_failed(self, exc: BaseException) -> None:
+        """A batch failed and was discarded; the fetch loop backs off before reading on."""
+        self.batch_failures += 1
+        self._failure = exc
+        if self.on_batch_failure is not None:
+            self.on_batch_failure(exc)
+
+    async def _back_off_after_failure(self) -> None:
+        """Wait before reading the failed batch's records again, or give up (raise)."""
+        exc, self._failure = self._failure, None
+        assert exc is not None
+        failures = self.batch_failures
+        if isinstance(exc, DeliveryFailed) and exc.fatal:
+            raise BatchesFailing(f"the output producer cannot go on: {exc}") from exc
+        if failures >= self.max_batch_failures:
+            raise BatchesFailing(
+                f"{failures} batches failed in a row; the last: {exc!r}"
+            ) from exc
+        delay = min(MAX_RETRY_BACKOFF_S, 2.0 ** (failures - 1))
+        self.log.error(
+            "A batch failed (%d of %d in a row before the worker gives up): %r. "
+            "Its records are read again in %.0f s.",
+            failures, self.max_batch_failures, exc, delay,
+        )
+        await self.sleep(delay)
 
     async def _deliver_batch(
         self, handler: BatchHandler, prepared: Any, batch: Mapping[TP, list[Any]]
@@ -471,6 +532,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
             handler.discard(prepared)
             await self._read_again(batch)
             return
+        except Exception as exc:  # noqa: BLE001 - not delivered: read again after a back-off
+            handler.discard(prepared)
+            await self._read_again(batch)
+            self._batch_failed(exc)
+            return
+        self.batch_failures = 0
         assignment = self.assignment()
         for tp, offset in offsets.items():
             if tp in assignment:

@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 class DeliveryFailed(PipelineError):
     """The broker did not take some outputs within the delivery timeout."""
 
-    def __init__(self, message: str, *, failed: int) -> None:
+    def __init__(self, message: str, *, failed: int, fatal: bool = False) -> None:
         super().__init__(message)
         self.failed = failed
         """How many messages were not delivered."""
+        self.fatal = fatal
+        """The producer cannot be used any more (a fatal librdkafka error, e.g. fenced by a
+        newer instance with the same transactional id): retrying is pointless."""
 
 
 class StaleBatch(PipelineError):
@@ -192,13 +195,15 @@ class OutputProducer:
             error = exc.args[0]
             self._in_transaction = False
             if error.fatal():
-                raise DeliveryFailed(f"transaction failed: {error.str()}", failed=0) from None
+                raise DeliveryFailed(
+                    f"transaction failed: {error.str()}", failed=0, fatal=True
+                ) from None
             try:
                 producer.abort_transaction(30)
             except KafkaException as abort_exc:
                 raise DeliveryFailed(
                     f"transaction failed ({error.str()}) and could not be aborted: "
-                    f"{abort_exc.args[0].str()}", failed=0,
+                    f"{abort_exc.args[0].str()}", failed=0, fatal=True,
                 ) from None
             self._failures.clear()
             if error.code() in _REBALANCE_ERRORS:
@@ -211,6 +216,19 @@ class OutputProducer:
                 f"{len(failures)} messages failed in a committed transaction: {failures[0].str()}",
                 failed=len(failures),
             )
+
+    def abort(self, timeout_s: float = 30.0) -> None:
+        """Abort the open transaction, if any: a batch failed before it was committed."""
+        if not self._in_transaction:
+            return
+        self._in_transaction = False
+        self._failures.clear()
+        try:
+            self._producer.abort_transaction(timeout_s)
+        except KafkaException as exc:
+            raise DeliveryFailed(
+                f"could not abort the transaction: {exc.args[0].str()}", failed=0, fatal=True
+            ) from None
 
     def wait_delivered(self) -> None:
         """Block until everything enqueued is acknowledged; raise if anything failed."""

@@ -94,8 +94,12 @@ def run_worker(topology: Topology, settings: Settings) -> int:
         app,
         loglevel=settings.log_level,
     )
+    code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+        code = int(exc.code or 0)
+    if app.fatal_error is not None:
+        log.critical("The worker stopped because it could not go on: %s", app.fatal_error)
+        return code or 1
+    return code

@@ -36,6 +36,40 @@ def free_port() -> int:
 
 
 @dataclass
+class LocalBroker:
+    """A broker of a test's own (``scripts/kafka-local.sh`` on other ports and another data
+    directory), for tests that stop and start it without disturbing the shared one."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    sasl_port: int = field(default_factory=free_port)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _script(self, command: str, timeout: float = 240.0) -> None:
+        env = {
+            **os.environ,
+            "KAFKA_DATA_DIR": str(self.data_dir),
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "KAFKA_SASL_PORT": str(self.sasl_port),
+            "KAFKA_HEAP": "-Xmx384m -Xms128m",
+        }
+        subprocess.run([str(REPO / "scripts" / "kafka-local.sh"), command], env=env, check=True,
+                       timeout=timeout, cwd=REPO)
+
+    def up(self) -> "LocalBroker":
+        self._script("up")
+        return self
+
+    def down(self) -> None:
+        self._script("down", timeout=90)
+
+
+@dataclass
 class TestTopology:
     """The example topology with topic names unique to one test."""
 

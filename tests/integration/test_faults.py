@@ -17,9 +17,17 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from pipeline.traffic import TrafficProfile, generate
 from tests.integration.kafka_helpers import (
+    BOOTSTRAP,
     WorkerProcess,
     consume_all,
     make_topology,
@@ -137,3 +145,51 @@ def test_exactly_once_outputs_are_invisible_until_committed(kafka_broker: str, t
     # Offsets include a commit marker per transaction (and aborted records): raw > committed.
     assert raw > committed
     check_outputs_match_inputs(topology)  # and the committed ones are each input exactly once
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_whose_batches_keep_failing_exits_non_zero_and_loses_nothing(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """An output topic that refuses every record (its ``max.message.bytes`` is too small): the
+    failed batches are retried with a back-off, then the worker gives up loudly (exit status 1)
+    instead of living on with a dead agent. Nothing was committed for them: once the topic is
+    fixed, a restarted worker delivers every event."""
+    topology = make_topology(tmp_path)
+    ensure_source(topology)
+    processed = topology.topic("processed_events")
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+
+    def set_max_message_bytes(value: str) -> None:
+        resource = ConfigResource(
+            ResourceType.TOPIC, processed,
+            incremental_configs=[ConfigEntry("max.message.bytes", value,
+                                             incremental_operation=AlterConfigOpType.SET)],
+        )
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=30)
+
+    set_max_message_bytes("100")
+    generated = list(generate(3_000, TrafficProfile(seed=24)))
+    sent = send(topology, ((r.key, r.value) for r in generated))
+    expected = sent - sum(1 for r in generated if r.kind == "duplicate")
+
+    env = {"PIPELINE_MAX_BATCH_FAILURES": "3"}
+    worker = WorkerProcess(topology).start(tmp_path, env=env)
+    try:
+        assert worker.proc is not None
+        code = worker.proc.wait(timeout=240)
+        log = worker.log()
+        assert code == 1, log[-3000:]
+        assert "3 batches failed in a row" in log and "Message size too large" in log, log[-3000:]
+        assert "Its records are read again in 1 s" in log and "in 2 s" in log
+
+        set_max_message_bytes("1048588")
+        worker = WorkerProcess(topology, web_port=worker.web_port).start(tmp_path, env=env)
+        assert wait_for_total(topology.outputs, expected, timeout=240) >= expected, worker.log()[-3000:]
+        time.sleep(2)
+        assert worker.terminate() == 0, worker.log()[-3000:]
+    finally:
+        worker.kill()
+    # Batches partly delivered before they failed are repeated (at least once), never lost.
+    check_outputs_match_inputs(topology, allow_duplicates=True)

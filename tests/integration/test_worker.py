@@ -14,6 +14,7 @@ from pipeline.core.deadletter import dead_letter_key
 from pipeline.produce import produce
 from pipeline.settings import Settings
 from pipeline.traffic import TrafficProfile, generate
+from tests.integration import kafka_helpers
 from tests.integration.kafka_helpers import (
     REPO,
     WorkerProcess,
@@ -55,9 +56,10 @@ def expected_topic(record: dict) -> str:
     return "processed_events"
 
 
-def send(topology, records) -> int:
-    settings = Settings.from_env(env={}, broker="127.0.0.1:9092")
-    result = produce(settings, topology.source, records)
+def send(topology, records, *, rate: float | None = None) -> int:
+    # The broker as the helpers see it now (a test may run a broker of its own).
+    settings = Settings.from_env(env={}, broker=kafka_helpers.BOOTSTRAP)
+    result = produce(settings, topology.source, records, rate=rate)
     assert result.failed == 0, result.first_error
     return result.sent
 
@@ -66,7 +68,7 @@ def ensure_source(topology) -> None:
     from pipeline.runtime.admin import ensure_topics
     from pipeline.topology import load_topology
 
-    ensure_topics(load_topology(topology.path), Settings.from_env(env={}))
+    ensure_topics(load_topology(topology.path), Settings.from_env(env={}, broker=kafka_helpers.BOOTSTRAP))
 
 
 def check_outputs_match_inputs(

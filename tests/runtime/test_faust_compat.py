@@ -7,10 +7,10 @@ fail and point at the method: re-read it upstream, adapt faust_compat, then upda
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 import hashlib
 import inspect
 from importlib.metadata import version
+from typing import Any
 
 import faust
 import faust.transport.drivers.aiokafka
@@ -152,21 +152,96 @@ def test_batch_topics_commit_delivered_offsets_only(consumer: BatchConsumer) -> 
     assert consumer._should_commit(tp, 15)
 
 
-def test_failed_delivery_is_not_committable_and_is_raised(consumer: BatchConsumer) -> None:
+def test_a_failed_delivery_is_discarded_read_again_and_counted(consumer: BatchConsumer) -> None:
     handler = _Handler(fail=True)
     handler.release.set()
     consumer.use_batches(["raw"], handler)
     tp = TP("raw", 1)
     consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    seeks: list[int] = []
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
+    consumer._first_fetched[tp] = 5
+    first, second = [_Record(5)], [_Record(6)]
 
     async def scenario() -> None:
-        await consumer._handle_batch({tp: [_Record(5)]}, 0)
-        await asyncio.sleep(0.01)
-        with pytest.raises(RuntimeError, match="delivery failed"):
-            consumer._raise_failed_delivery()
+        await consumer._handle_batch({tp: first}, 0)
+        # Prepared behind the failing one: discarded too, and read again.
+        await consumer._handle_batch({tp: second}, 0)
+        await consumer._wait_inflight()
 
     asyncio.run(scenario())
-    assert consumer._new_offset(tp) is None
+    assert consumer._new_offset(tp) is None, "never committable"
+    assert handler.discarded == [first, second]
+    assert seeks and set(seeks) == {5}, "both read again from the first undelivered record"
+    assert consumer._read_offset[tp] == 5
+    assert consumer.batch_failures == 1 and consumer._failure is not None
+
+
+def test_failures_back_off_then_give_up(consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.runtime.faust_compat import BatchesFailing
+    from pipeline.runtime.output import DeliveryFailed
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(consumer, "sleep", sleep)
+    consumer.max_batch_failures = 3
+
+    async def scenario() -> None:
+        for _ in range(2):
+            consumer._batch_failed(DeliveryFailed("1 messages failed", failed=1))
+            await consumer._back_off_after_failure()
+        consumer._batch_failed(DeliveryFailed("1 messages failed", failed=1))
+        with pytest.raises(BatchesFailing, match="3 batches failed in a row"):
+            await consumer._back_off_after_failure()
+
+    asyncio.run(scenario())
+    assert slept == [1.0, 2.0]
+
+
+def test_a_fatal_producer_error_is_not_retried(consumer: BatchConsumer) -> None:
+    from pipeline.runtime.faust_compat import BatchesFailing
+    from pipeline.runtime.output import DeliveryFailed
+
+    consumer._batch_failed(DeliveryFailed("fenced", failed=0, fatal=True))
+    with pytest.raises(BatchesFailing, match="cannot go on"):
+        asyncio.run(consumer._back_off_after_failure())
+
+
+def test_a_delivery_after_failures_resets_the_count(consumer: BatchConsumer) -> None:
+    handler = _Handler()
+    handler.release.set()
+    consumer.use_batches(["raw"], handler)
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    consumer.batch_failures = 2
+
+    async def scenario() -> None:
+        await consumer._handle_batch({tp: [_Record(0)]}, 0)
+        await consumer._wait_inflight()
+
+    asyncio.run(scenario())
+    assert consumer.batch_failures == 0
+
+
+def test_a_failing_prepare_reads_the_batch_again(consumer: BatchConsumer) -> None:
+    class Failing(_Handler):
+        def prepare(self, messages):  # type: ignore[no-untyped-def]
+            raise ValueError("a bug in a stage")
+
+    handler = Failing()
+    consumer.use_batches(["raw"], handler)
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    seeks: list[int] = []
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
+    consumer._first_fetched[tp] = 7
+
+    asyncio.run(consumer._handle_batch({tp: [_Record(7), _Record(8)]}, 0))
+    assert seeks == [7] and consumer._read_offset[tp] == 7
+    assert isinstance(consumer._failure, ValueError) and consumer.batch_failures == 1
 
 
 def test_other_topics_keep_faust_offsets(consumer: BatchConsumer) -> None:
