@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import orjson
 
@@ -159,6 +159,66 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(value: object) -> None:
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _cmd_topics_create(args: argparse.Namespace) -> int:
+    from pipeline.topics import create, format_create
+    from pipeline.topology import load_topology
+
+    topology = load_topology(args.topology)
+    report = create(
+        _settings(args, group_id=args.group_id), topology, dry_run=args.dry_run,
+        timeout=args.timeout,
+    )
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(format_create(report))
+    problems = report.problems()
+    if problems:
+        raise PipelineError("; ".join(problems))
+    return 0
+
+
+def _cmd_topics_describe(args: argparse.Namespace) -> int:
+    from pipeline.topics import describe, format_describe
+    from pipeline.topology import load_topology
+
+    topology = load_topology(args.topology)
+    report = describe(
+        _settings(args, group_id=args.group_id), topology, timeout=args.timeout,
+        offsets=not args.no_offsets,
+    )
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(format_describe(report))
+    return 0
+
+
+def _cmd_aggregates_show(args: argparse.Namespace) -> int:
+    from pipeline.aggregates_cli import show
+    from pipeline.topology import load_topology
+
+    topology = load_topology(args.topology)
+    url = args.url
+    if url is None:
+        settings = _settings(args)
+        url = f"http://{settings.web_host}:{settings.web_port}"
+    if args.windows < 0:
+        raise PipelineError("--windows must be 0 or more")
+    result = show(url, topology, args.name, timeout=args.timeout, windows=args.windows)
+    if args.json:
+        _print_json(result.json)
+    else:
+        print(result.text)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -267,6 +327,70 @@ def build_parser() -> argparse.ArgumentParser:
     # Stop after N replays (tests of resuming; operators who want a canary first).
     replay.add_argument("--max-records", type=int, help=argparse.SUPPRESS)
     replay.set_defaults(func=_cmd_dlq_replay)
+
+    topics = sub.add_parser(
+        "topics", help="create and describe the topics a topology needs",
+        description="Create, or describe, every topic a topology needs: its source and output "
+        "topics as declared, and the worker's internal topics (a repartition topic per dedupe "
+        "stage, <group>-aggregate-partials) with the source's partition count. Faust creates "
+        "its tables' changelog topics (<group>-<table>-changelog) itself when the worker "
+        "starts; describe shows them too.",
+    )
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
+    timeout_help = "seconds each request to the broker may take (default 10)"
+
+    create = topics_sub.add_parser(
+        "create", help="create every missing topic (idempotent)",
+        description="Create every missing topic the topology needs, with its declared "
+        "partitions, replication factor and configs, and report each: created, exists or "
+        "(--dry-run) would create. Existing topics are never changed: a warning says when their "
+        "partitions, replication factor or configs differ from the declared ones. Faust creates "
+        "the tables' changelog topics when the worker starts. Exit 0 when every topic exists; "
+        "2 when the broker cannot be reached, a topic cannot be created, or an internal topic "
+        "has another partition count than the source (the worker would refuse to start).",
+    )
+    describe = topics_sub.add_parser(
+        "describe", help="show the topics: partitions, configs, offsets, group lag",
+        description="For every topic the topology needs (Faust's changelog topics included): "
+        "whether it exists, partitions, replication factor, the declared configs next to the "
+        "broker's, and per partition the low/high offsets (~messages) and the worker group's "
+        "committed offset and lag. Reads only: joins no consumer group.",
+    )
+    for cmd in (create, describe):
+        cmd.add_argument("topology", type=Path, metavar="TOPOLOGY")
+        cmd.add_argument("--broker", help="bootstrap servers (default 127.0.0.1:9092, PIPELINE_BROKER)")
+        cmd.add_argument("--group-id", help="the worker's consumer group, which names the internal "
+                         "topics (default pipeline-<topology name>)")
+        cmd.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help=timeout_help)
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+    create.add_argument("--dry-run", action="store_true", help="report what would be created; create nothing")
+    create.set_defaults(func=_cmd_topics_create)
+    describe.add_argument("--no-offsets", action="store_true",
+                          help="skip the offsets and the group's lag")
+    describe.set_defaults(func=_cmd_topics_describe)
+
+    aggregates = sub.add_parser(
+        "aggregates", help="show a running worker's live aggregates",
+        description="Ask a running worker's HTTP API for its aggregates.",
+    )
+    aggregates_sub = aggregates.add_subparsers(dest="aggregates_command", required=True, metavar="COMMAND")
+    show = aggregates_sub.add_parser(
+        "show", help="pending and recent windows of the aggregates",
+        description="Without NAME: every aggregate (window, group by, measures, output topic) "
+        "and how many windows are pending and recently final. With NAME: its windows, one row "
+        "per window and group (pending ones are merged over the partitions reported so far). "
+        "Any worker of the group answers (GET /aggregates, /aggregates/NAME).",
+    )
+    show.add_argument("topology", type=Path, metavar="TOPOLOGY")
+    show.add_argument("name", nargs="?", metavar="NAME", help="an aggregate stage id")
+    show.add_argument("--url", help="the worker's HTTP address (default "
+                      "http://<PIPELINE_WEB_HOST>:<PIPELINE_WEB_PORT>, i.e. http://127.0.0.1:6066)")
+    show.add_argument("--windows", type=int, default=10, metavar="N",
+                      help="show the latest N windows (default 10; 0: all)")
+    show.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                      help="seconds to wait for the worker (default 10)")
+    show.add_argument("--json", action="store_true", help="print the worker's answer as JSON")
+    show.set_defaults(func=_cmd_aggregates_show)
     return parser
 
 

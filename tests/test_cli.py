@@ -51,6 +51,9 @@ def event_line(name: str, **fields: object) -> bytes:
         ["run", "--help"],
         ["worker", "--help"],
         ["produce", "--help"],
+        ["dlq", "--help"],
+        ["topics", "--help"],
+        ["aggregates", "--help"],
     ],
 )
 def test_help_exits_zero(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,7 +70,7 @@ def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("check", "run", "worker", "produce"):
+    for command in ("check", "run", "worker", "produce", "dlq", "topics", "aggregates"):
         assert command in out
 
 

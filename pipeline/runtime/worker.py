@@ -6,65 +6,15 @@ import gc
 import logging
 
 import faust
-from confluent_kafka.admin import NewTopic
 
-from pipeline.runtime.admin import admin_client, ensure_topics, existing_topics
-from pipeline.errors import PipelineError
-from pipeline.runtime.aggregates import partials_topic_name
-from pipeline.runtime.app import create_app, group_id_for, repartition_topic_name
+# The worker's own topics are planned and created in admin.py, next to the topology's, so that
+# ``pipeline topics create`` creates the very same topics without importing Faust.
+from pipeline.runtime.admin import ensure_internal_topics, ensure_topics
+from pipeline.runtime.app import create_app
 from pipeline.settings import Settings
-from pipeline.stages.aggregate import AggregateConfig
-from pipeline.stages.dedupe import DedupeConfig
 from pipeline.topology.model import Topology
 
 log = logging.getLogger(__name__)
-
-
-def internal_topic_names(topology: Topology, settings: Settings) -> list[str]:
-    """The worker's own topics: a repartition topic per dedupe stage, and the aggregates'
-    partials topic. They depend on the consumer group."""
-    group_id = group_id_for(topology, settings)
-    names = [
-        repartition_topic_name(group_id, stage.id)
-        for stage in topology.spec.stages
-        if isinstance(topology.stage_configs.get(stage.id), DedupeConfig)
-    ]
-    if any(isinstance(c, AggregateConfig) for c in topology.stage_configs.values()):
-        names.append(partials_topic_name(group_id))
-    return names
-
-
-def ensure_internal_topics(topology: Topology, settings: Settings) -> int:
-    """Create the worker's own topics with the source's real partition count (Faust assigns
-    partition N of each of them with source partition N). Returns that count."""
-    admin = admin_client(settings)
-    existing = existing_topics(admin)
-    partitions = existing.get(topology.spec.source.topic, topology.spec.source.partitions)
-    for name in internal_topic_names(topology, settings):
-        if name in existing and existing[name] != partitions:
-            raise PipelineError(
-                f"topic {name} has {existing[name]} partitions but the source has {partitions}: "
-                "delete it (it only holds data in transit) or give the source its old count"
-            )
-    missing = [
-        NewTopic(
-            name,
-            num_partitions=partitions,
-            replication_factor=topology.spec.source.replication_factor,
-            config={"retention.ms": str(7 * 86_400_000)},
-        )
-        for name in internal_topic_names(topology, settings)
-        if name not in existing
-    ]
-    if missing:
-        for name, future in admin.create_topics(missing).items():
-            try:
-                future.result(timeout=30)
-            except Exception as exc:  # noqa: BLE001 - a concurrent worker may have won the race
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
-            log.info("created internal topic %s", name)
-    return partitions
 
 
 def tune_gc() -> None:
