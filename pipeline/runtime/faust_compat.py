@@ -187,6 +187,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._fetch_epoch += 1
+        for tp in assigned:
+            self._first_fetched.pop(tp, None)  # from an earlier assignment
         if self.batch_handler is not None:
             self.batch_handler.assigned(set(assigned))
         await super().on_partitions_assigned(assigned, generation_id)
@@ -213,6 +215,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
             # Records fetched while the seek was under way may still be from before it.
             self._fetch_epoch += 1
 
+    def _note_first_fetched(self, records: Mapping[TP, list[Any]]) -> None:
+        first_fetched = self._first_fetched
+        for tp, tp_records in records.items():
+            if tp.topic in self.batch_topics and tp_records and tp not in first_fetched:
+                first_fetched[tp] = tp_records[0].offset
+
     def _batch_assignment(self) -> list[TP]:
         return [tp for tp in self.assignment() if tp.topic in self.batch_topics]
 
@@ -232,9 +240,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self.log.info("Could not seek %r to %d: %r", tp, offset, exc)
         self._read_offset[tp] = offset
 
-    async def _read_again(self, partitions: Iterable[TP]) -> None:
-        """Records of these batch partitions were dropped, not processed: fetch them again."""
+    async def _read_again(self, partitions: Iterable[TP], *, settle: bool = True) -> None:
+        """Records of these batch partitions were dropped, not processed: fetch them again.
+
+        From where their undelivered records start, so the batch in flight is settled first
+        (``settle``; False only from that batch's own delivery): read back from before it, its
+        records would be processed a second time once it is delivered.
+        """
         self._fetch_epoch += 1  # a fetch in flight may hold more of them
+        partitions = list(partitions)
+        if settle:
+            await self._settle_inflight()
         assignment = self.assignment()
         for tp in partitions:
             target = self._resume_offset(tp)
@@ -300,75 +316,91 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if self._failure is not None:
                     await self._back_off_after_failure()
                     continue
-                if prefetch is None:
-                    fetched_in = self._fetch_epoch
-                    records, active_partitions = await self._wait_next_records(1.0)
-                else:
-                    records, active_partitions = await prefetch
-                    prefetch = None
-                generation = fetched_in  # of these records
-                # As Faust: the consumer generation *after* the fetch; delivery to other topics
-                # stops if it changes while they are delivered.
-                consumer_generation = self.app.consumer_generation_id
-                # Faust sleeps here too: getmany can return at once in a loop.
-                await self.sleep(0)
-                if not records or self.should_stop:
+                try:
+                    if prefetch is None:
+                        fetched_in = self._fetch_epoch
+                        records, active_partitions = await self._wait_next_records(1.0)
+                    else:
+                        records, active_partitions = await prefetch
+                        prefetch = None
+                    generation = fetched_in  # of these records
+                    # As Faust: the consumer generation *after* the fetch; delivery to other topics
+                    # stops if it changes while they are delivered.
+                    consumer_generation = self.app.consumer_generation_id
+                    # Faust sleeps here too: getmany can return at once in a loop.
+                    await self.sleep(0)
+                    if not records or self.should_stop:
+                        if self.read_committed:
+                            await self._skip_transaction_markers_in_recovery()
+                        self.diag.unset_flag(CONSUMER_FETCHING)
+                        if not self.should_stop and self._idle_tick_due():
+                            await self._handle_idle(generation)
+                        continue
+                    if generation == self._fetch_epoch:
+                        # Only records fetched since the last revocation, assignment or seek say
+                        # where a partition's reading starts. Older ones can be ahead of the
+                        # committed offset it was just moved back to: taking them as the start
+                        # skipped the records in between (seen: 6 events lost when a rebalance
+                        # left a worker the partitions it had).
+                        self._note_first_fetched(records)
+                    if not self.flow_active:
+                        # As Faust does: a rebalance (or shutdown) is under way; drop the records and
+                        # seek back (perform_seek first commits what was delivered).
+                        await self.perform_seek()
+                        continue
+                    if generation != self._fetch_epoch:
+                        # A rebalance or seek happened since the fetch: these records may be from
+                        # before it. Batch partitions are read again from where their undelivered
+                        # records start. Other topics (changelogs being recovered) keep Faust's
+                        # rule: never dropped for a rebalance during the fetch (recovery seeks them
+                        # itself; records fetched after its seek must reach it).
+                        await self._read_again(tp for tp in records if tp.topic in batch_topics)
+                        records = {tp: r for tp, r in records.items() if tp.topic not in batch_topics}
+                    batch: dict[TP, list[Any]] = {}
+                    others: list[tuple[TP, Any]] = []
+                    for tp, tp_records in records.items():
+                        if (
+                            active_partitions is not None
+                            and tp not in active_partitions
+                            and tp not in self._buffered_partitions
+                        ):
+                            continue
+                        self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                        if tp.topic in batch_topics:
+                            # For batch topics the read offset is the next offset to process, the
+                            # meaning Faust gives it when it seeks to the committed offset.
+                            next_offset = get_read_offset(tp)
+                            if next_offset is not None and tp_records[0].offset < next_offset:
+                                tp_records = [r for r in tp_records if r.offset >= next_offset]
+                            if tp_records:
+                                batch[tp] = tp_records
+                        else:
+                            others.extend((tp, r) for r in tp_records)
+                    if batch and not others:
+                        fetched_in = self._fetch_epoch
+                        prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
+                    if batch:
+                        await self._handle_batch(batch, generation)
+                    for tp, record in others:
+                        if not self.flow_active or self.app.consumer_generation_id != consumer_generation:
+                            break  # as Faust: a rebalance began; recovery seeks these again
+                        await self._deliver_one(tp, record, callback, get_read_offset, set_read_offset)
                     if self.read_committed:
+                        # Only after this fetch's records were handed to the recovery.
                         await self._skip_transaction_markers_in_recovery()
                     self.diag.unset_flag(CONSUMER_FETCHING)
-                    if not self.should_stop and self._idle_tick_due():
-                        await self._handle_idle(generation)
-                    continue
-                first_fetched = self._first_fetched
-                for tp, tp_records in records.items():
-                    if tp.topic in batch_topics and tp_records and tp not in first_fetched:
-                        first_fetched[tp] = tp_records[0].offset
-                if not self.flow_active:
-                    # As Faust does: a rebalance (or shutdown) is under way; drop the records and
-                    # seek back (perform_seek first commits what was delivered).
-                    await self.perform_seek()
-                    continue
-                if generation != self._fetch_epoch:
-                    # A rebalance or seek happened since the fetch: these records may be from
-                    # before it. Batch partitions are read again from where their undelivered
-                    # records start. Other topics (changelogs being recovered) keep Faust's
-                    # rule: never dropped for a rebalance during the fetch (recovery seeks them
-                    # itself; records fetched after its seek must reach it).
-                    await self._read_again(tp for tp in records if tp.topic in batch_topics)
-                    records = {tp: r for tp, r in records.items() if tp.topic not in batch_topics}
-                batch: dict[TP, list[Any]] = {}
-                others: list[tuple[TP, Any]] = []
-                for tp, tp_records in records.items():
-                    if (
-                        active_partitions is not None
-                        and tp not in active_partitions
-                        and tp not in self._buffered_partitions
-                    ):
-                        continue
-                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    if tp.topic in batch_topics:
-                        # For batch topics the read offset is the next offset to process, the
-                        # meaning Faust gives it when it seeks to the committed offset.
-                        next_offset = get_read_offset(tp)
-                        if next_offset is not None and tp_records[0].offset < next_offset:
-                            tp_records = [r for r in tp_records if r.offset >= next_offset]
-                        if tp_records:
-                            batch[tp] = tp_records
-                    else:
-                        others.extend((tp, r) for r in tp_records)
-                if batch and not others:
-                    fetched_in = self._fetch_epoch
-                    prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
-                if batch:
-                    await self._handle_batch(batch, generation)
-                for tp, record in others:
-                    if not self.flow_active or self.app.consumer_generation_id != consumer_generation:
-                        break  # as Faust: a rebalance began; recovery seeks these again
-                    await self._deliver_one(tp, record, callback, get_read_offset, set_read_offset)
-                if self.read_committed:
-                    # Only after this fetch's records were handed to the recovery.
-                    await self._skip_transaction_markers_in_recovery()
-                self.diag.unset_flag(CONSUMER_FETCHING)
+                except self.consumer_stopped_errors:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - e.g. a seek racing a rebalance
+                    if prefetch is not None:
+                        prefetch.cancel()
+                        prefetch = None
+                    self.log.exception(
+                        "The fetch loop failed: %r. The assigned partitions are read again from "
+                        "their last delivered batch.", exc,
+                    )
+                    await self._read_again(self._batch_assignment())
+                    self._batch_failed(exc)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -530,11 +562,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except StaleBatch as exc:
             self.log.info("%s; its records are read again", exc)
             handler.discard(prepared)
-            await self._read_again(batch)
+            await self._read_again(batch, settle=False)
             return
         except Exception as exc:  # noqa: BLE001 - not delivered: read again after a back-off
             handler.discard(prepared)
-            await self._read_again(batch)
+            await self._read_again(batch, settle=False)
             self._batch_failed(exc)
             return
         self.batch_failures = 0

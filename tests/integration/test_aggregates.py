@@ -5,6 +5,8 @@ the routed events."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -21,6 +23,7 @@ from pipeline.core.measures import MeasureSpec, distinct_key
 from pipeline.runtime.partitioning import kafka_partition
 from pipeline.traffic import TrafficProfile, generate
 from tests.integration.kafka_helpers import (
+    REPO,
     WorkerProcess,
     consume_all,
     make_topology,
@@ -126,6 +129,15 @@ def _get(port: int, path: str) -> tuple[int, Any]:
         return exc.code, orjson.loads(exc.read() or b"null")
 
 
+def _show(*argv: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "aggregates", "show", *argv],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def _wait_ready(*ports: int, timeout: float = 90.0) -> None:
     """Until every worker has partitions and its state recovered (``/ready``)."""
     deadline = time.monotonic() + timeout
@@ -142,6 +154,45 @@ def _ready(port: int) -> bool | object:
     except OSError as exc:
         return repr(exc)
     return True if status == 200 else body
+
+
+def check_final_windows(
+    topology: Any, flush_ts: int, *, partitions: int
+) -> tuple[dict[Any, dict[str, Any]], set[Any]]:
+    """Every window the flush events' event time closed has exactly one final record, equal to
+    a recomputation from the routed events (each event_id once). Returns (the recomputation,
+    the closed windows)."""
+    routed = {}
+    for r in consume_all([t for t in topology.outputs if t != topology.dead_letter]):
+        event = orjson.loads(r.value)
+        routed[event["event_id"]] = event
+    expected = recompute(list(routed.values()))
+    closed_by_now = {
+        k for k in expected if k[1] + (DAY if k[0] == "active_users_per_day" else MINUTE) + GRACE_MS
+        <= flush_ts
+    }
+    assert len(closed_by_now) > 20
+
+    deadline = time.monotonic() + 120
+    finals: dict[Any, list[dict[str, Any]]] = {}
+    while time.monotonic() < deadline:
+        finals = defaultdict(list)
+        if topic_size(topology.aggregates):
+            for r in consume_all([topology.aggregates]):
+                record = orjson.loads(r.value)
+                finals[(record["aggregate"], record["window_start"], _group_values(record))].append(record)
+        if closed_by_now <= set(finals):
+            break
+        time.sleep(2)
+    missing = closed_by_now - set(finals)
+    assert not missing, sorted(missing)[:10]
+    assert set(finals) <= set(expected), sorted(set(finals) - set(expected))[:10]
+    for key in closed_by_now:
+        records = finals[key]
+        assert len(records) == 1, f"one final record per window and group: {key} {records}"
+        assert records[0]["partitions"] and set(records[0]["partitions"]) <= set(range(partitions))
+        _check_measures(key, records[0]["measures"], expected[key])
+    return expected, closed_by_now
 
 
 def test_two_workers_with_a_restart_match_a_recomputation(kafka_broker: str, tmp_path: Path) -> None:
@@ -172,37 +223,7 @@ def test_two_workers_with_a_restart_match_a_recomputation(kafka_broker: str, tmp
         total = wait_for_total(topology.outputs, expected_outputs, timeout=240)
         assert total == expected_outputs, (a.log()[-2000:], b.log()[-2000:])
 
-        routed = [
-            orjson.loads(r.value)
-            for r in consume_all([t for t in topology.outputs if t != topology.dead_letter])
-        ]
-        expected = recompute(routed)
-        closed_by_now = {
-            k for k in expected if k[1] + (DAY if k[0] == "active_users_per_day" else MINUTE) + GRACE_MS
-            <= flush_ts
-        }
-        assert len(closed_by_now) > 20
-
-        # Every window the flush events' event time passed is final.
-        deadline = time.monotonic() + 120
-        finals: dict[Any, list[dict[str, Any]]] = {}
-        while time.monotonic() < deadline:
-            finals = defaultdict(list)
-            if topic_size(topology.aggregates):
-                for r in consume_all([topology.aggregates]):
-                    record = orjson.loads(r.value)
-                    finals[(record["aggregate"], record["window_start"], _group_values(record))].append(record)
-            if closed_by_now <= set(finals):
-                break
-            time.sleep(2)
-        missing = closed_by_now - set(finals)
-        assert not missing, sorted(missing)[:10]
-        assert set(finals) <= set(expected), sorted(set(finals) - set(expected))[:10]
-        for key in closed_by_now:
-            records = finals[key]
-            assert len(records) == 1, f"one final record per window and group: {key} {records}"
-            assert records[0]["partitions"] and set(records[0]["partitions"]) <= {0, 1, 2, 3}
-            _check_measures(key, records[0]["measures"], expected[key])
+        expected, closed_by_now = check_final_windows(topology, flush_ts, partitions=4)
 
         # Live: the day window is still open; either worker answers (one forwards to the other),
         # merged over every partition.
@@ -225,6 +246,20 @@ def test_two_workers_with_a_restart_match_a_recomputation(kafka_broker: str, tmp
                 _check_measures(key, window["groups"][0]["measures"], expected[key])
         status, _ = _get(a.web_port, "/aggregates/no_such_thing")
         assert status == 404
+
+        # `pipeline aggregates show` prints the same live window, and lists every aggregate.
+        _, view = _get(b.web_port, "/aggregates/active_users_per_day")
+        live = {w["window_start"]: w for w in view["windows"]}[today[-1][1]]
+        users = live["groups"][0]["measures"]["users"]
+        shown = _show(str(topology.path), "active_users_per_day", "--url", f"http://127.0.0.1:{b.web_port}")
+        assert shown.stdout.startswith("aggregate active_users_per_day: partitions reporting 0, 1, 2, 3")
+        assert any(line.split()[-2:] == ["pending", str(users)] for line in shown.stdout.splitlines()), shown.stdout
+        listing = _show(str(topology.path), "--url", f"127.0.0.1:{a.web_port}")
+        assert [line.split()[0] for line in listing.stdout.splitlines()[2:]] == [
+            "events_per_minute", "revenue_per_minute", "errors_per_minute", "active_users_per_minute",
+            "active_users_per_day",
+        ], listing.stdout
+        assert listing.stderr == ""
 
         # The gauge of the current window comes from the one worker combining the aggregate.
         exported = []
