@@ -151,6 +151,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         again from when nothing of it has been delivered yet)."""
         # Bumped by every revocation, assignment and seek: records fetched before one are stale.
         self._fetch_epoch = 0
+        # Bumped by every revocation and assignment only: records fetched under an earlier
+        # assignment never say where a partition's reading starts (``_note_first_fetched``).
+        self._assignment_epoch = 0
         # Held while a batch is handed over (checked, then sent) and during a seek, so that no
         # batch is sent between a seek's commit and the seek itself.
         self._handover_lock = asyncio.Lock()
@@ -175,6 +178,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._fetch_epoch += 1
+        self._assignment_epoch += 1
         # Faust forgets the acknowledged offsets of revoked partitions before its own commit
         # (Consumer.on_partitions_revoked), so what was delivered since the last periodic commit
         # would be processed again after every rebalance. Commit it while the partitions are
@@ -187,6 +191,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._fetch_epoch += 1
+        self._assignment_epoch += 1
         for tp in assigned:
             self._first_fetched.pop(tp, None)  # from an earlier assignment
         if self.batch_handler is not None:
@@ -215,7 +220,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
             # Records fetched while the seek was under way may still be from before it.
             self._fetch_epoch += 1
 
-    def _note_first_fetched(self, records: Mapping[TP, list[Any]]) -> None:
+    def _note_first_fetched(self, records: Mapping[TP, list[Any]], assignment_epoch: int) -> None:
+        """Remember where each batch partition's reading started in this assignment.
+
+        Records fetched under an earlier assignment do not count: they can be ahead of the
+        committed offset the partition now starts from, and taking them as the start skipped the
+        records in between (seen: 6 events lost when a rebalance left a worker the partitions it
+        had). Records fetched before a seek within this assignment do count: a partition with no
+        committed offset is not moved back by Faust's seek, so they must be read again from here
+        (seen: a partition's first 500 events lost when they were ignored).
+        """
+        if assignment_epoch != self._assignment_epoch:
+            return
         first_fetched = self._first_fetched
         for tp, tp_records in records.items():
             if tp.topic in self.batch_topics and tp_records and tp not in first_fetched:
@@ -309,6 +325,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # at the top of the next iteration.
         prefetch: asyncio.Future[Any] | None = None
         fetched_in = self._fetch_epoch
+        fetched_in_assignment = self._assignment_epoch
         self.draining = self.drain_started = True
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -319,6 +336,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 try:
                     if prefetch is None:
                         fetched_in = self._fetch_epoch
+                        fetched_in_assignment = self._assignment_epoch
                         records, active_partitions = await self._wait_next_records(1.0)
                     else:
                         records, active_partitions = await prefetch
@@ -336,13 +354,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         if not self.should_stop and self._idle_tick_due():
                             await self._handle_idle(generation)
                         continue
-                    if generation == self._fetch_epoch:
-                        # Only records fetched since the last revocation, assignment or seek say
-                        # where a partition's reading starts. Older ones can be ahead of the
-                        # committed offset it was just moved back to: taking them as the start
-                        # skipped the records in between (seen: 6 events lost when a rebalance
-                        # left a worker the partitions it had).
-                        self._note_first_fetched(records)
+                    self._note_first_fetched(records, fetched_in_assignment)
                     if not self.flow_active:
                         # As Faust does: a rebalance (or shutdown) is under way; drop the records and
                         # seek back (perform_seek first commits what was delivered).
@@ -378,6 +390,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                             others.extend((tp, r) for r in tp_records)
                     if batch and not others:
                         fetched_in = self._fetch_epoch
+                        fetched_in_assignment = self._assignment_epoch
                         prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                     if batch:
                         await self._handle_batch(batch, generation)

@@ -432,3 +432,22 @@ def test_idle_ticks_are_handed_over_like_batches_without_records(consumer: Batch
     asyncio.run(scenario())
     assert ticks == ["tick"] and handler.delivered == [["tick"]]
     assert consumer._delivered_offsets == {}, "no offsets to commit"
+
+
+def test_where_reading_starts_ignores_records_of_an_earlier_assignment(consumer: BatchConsumer) -> None:
+    consumer.use_batches(["raw"], _Handler())
+    tp = TP("raw", 2)
+    before = consumer._assignment_epoch
+    consumer._assignment_epoch += 2  # revoked and assigned again while the fetch ran
+    # Fetched from the old position, ahead of the committed offset the partition restarts at.
+    consumer._note_first_fetched({tp: [_Record(3544), _Record(3545)]}, before)
+    assert tp not in consumer._first_fetched
+    # Fetched in this assignment, even before a seek (a partition with no committed offset is
+    # not moved back by Faust's seek: these must be read again from here).
+    consumer._fetch_epoch += 1
+    consumer._note_first_fetched({tp: [_Record(0), _Record(1)]}, consumer._assignment_epoch)
+    assert consumer._first_fetched[tp] == 0
+    consumer._note_first_fetched({tp: [_Record(2)]}, consumer._assignment_epoch)
+    assert consumer._first_fetched[tp] == 0, "the first one counts"
+    consumer._note_first_fetched({TP("changelog", 0): [_Record(7)]}, consumer._assignment_epoch)
+    assert TP("changelog", 0) not in consumer._first_fetched, "batch topics only"
