@@ -530,7 +530,7 @@ def test_the_replay_group_starts_from_the_worker_group(
     flag: list[str], example_topology, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pipeline.runtime.app import group_id_for
+    from pipeline.runtime.admin import group_id_for
     from pipeline.settings import Settings
 
     seen = {}

@@ -57,10 +57,6 @@ StagedChanges = list[tuple[int, list[tuple[bytes, bytes | None]]]]
 """A batch's state changes: (table partition, [(store key, value or None = delete), ...])."""
 
 
-def partials_topic_name(group_id: str) -> str:
-    return f"{group_id}-aggregate-partials"
-
-
 def state_key(partition: int, aggregate: str, kind: bytes, key: bytes) -> bytes:
     return b"%d|%s|%s|%s" % (partition, aggregate.encode(), kind, key)
 

@@ -19,7 +19,8 @@ from pipeline.core.batch import BatchContext
 from pipeline.core.processor import Processor
 from pipeline.core.records import SourceMessage
 from pipeline.metrics import PipelineMetrics, geoip_build_epochs
-from pipeline.runtime.aggregates import AggregateRuntime, partials_topic_name
+from pipeline.runtime.admin import group_id_for, partials_topic_name, repartition_topic_name
+from pipeline.runtime.aggregates import AggregateRuntime
 from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport, batch_consumer
 from pipeline.runtime.output import DeliveryFailed, OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
@@ -396,18 +397,13 @@ def readiness_problems(app: PipelineApp) -> list[str]:
     if app.rebalancing:
         waiting.append("rebalance")
     if not app.consumer.assignment():
-        waiting.append("partition assignment")
+        # Assigned nothing in a completed rebalance (more workers than partitions): idle, but
+        # ready; otherwise a StatefulSet's rolling update would wait for it forever.
+        if not app.consumer_generation_id:
+            waiting.append("partition assignment")
     elif not app.tables.actives_ready:
         waiting.append("table recovery")
     return waiting
-
-
-def repartition_topic_name(group_id: str, stage_id: str) -> str:
-    return f"{group_id}-{stage_id}-repartition"
-
-
-def group_id_for(topology: Topology, settings: Settings) -> str:
-    return settings.group_id or f"pipeline-{topology.name}"
 
 
 def create_app(

@@ -74,3 +74,13 @@ def test_readiness_reports_a_batch_being_retried(app: Any) -> None:
     consumer.assignment = lambda: set()  # not started: nothing assigned
     waiting = readiness_problems(app)
     assert any("2 failed in a row" in w for w in waiting), waiting
+
+
+def test_a_worker_assigned_nothing_is_ready_once_it_joined(app: Any) -> None:
+    consumer = app.consumer
+    consumer.assignment = lambda: set()
+    app.rebalancing = False
+    app.consumer_generation_id = 0
+    assert readiness_problems(app) == ["partition assignment"]
+    app.consumer_generation_id = 3  # a rebalance completed and left it idle
+    assert readiness_problems(app) == []
