@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TOPOLOGY ?= topologies/ecommerce.yaml
 
-.PHONY: help install kafka-up kafka-down kafka-status demo test test-unit test-long check worker produce bench bench-quick clean
+.PHONY: help install kafka-up kafka-down kafka-status demo test test-unit test-long check worker produce bench bench-quick soak clean
 
 help:
 	@echo "make demo        local Kafka + a worker on $(TOPOLOGY) + generated traffic, then a report"
@@ -16,6 +16,7 @@ help:
 	@echo "make worker      run a worker on $(TOPOLOGY) in the foreground"
 	@echo "make bench       the benchmark: pipeline vs ceiling, classic, naive Faust (~15 min)"
 	@echo "make bench-quick the same with fewer events (~2 min); results in bench/results/"
+	@echo "make soak        one worker at half its maximum rate for 10 min (SOAK_MINUTES): RSS, lag, errors"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,11 @@ bench: install kafka-up
 
 bench-quick: install kafka-up
 	$(BIN)/python bench/run.py --quick
+
+# One worker at half of its maximum rate for SOAK_MINUTES: RSS, lag, error logs (bench/soak.py).
+SOAK_MINUTES ?= 10
+soak: install kafka-up
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .local build dist *.egg-info .pytest_cache
