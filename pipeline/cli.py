@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -262,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--data-dir", type=Path, help="local state directory (default .local/state)")
     worker.add_argument("--store", choices=["memory", "rocksdb"], help="table store")
     worker.add_argument("--group-id", help="consumer group id (default pipeline-<topology name>)")
-    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument("--loglevel", choices=["debug", "info", "warning", "error"],
+                        help="log level (default info, PIPELINE_LOG_LEVEL)")
     worker.set_defaults(func=_cmd_worker)
 
     prod = sub.add_parser(
@@ -397,7 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(getattr(args, "loglevel", "info")).upper(), logging.INFO),
+        # The worker's --loglevel, else PIPELINE_LOG_LEVEL (the worker's settings read it too).
+        level=getattr(
+            logging,
+            str(getattr(args, "loglevel", None) or os.environ.get("PIPELINE_LOG_LEVEL", "info")).upper(),
+            logging.INFO,
+        ),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -303,11 +303,22 @@ def ensure_internal_topics(topology: Topology, settings: Settings) -> int:
     existing = existing_topics(admin, servers=settings.bootstrap_servers, client_log=client_log)
     partitions = existing.get(topology.spec.source.topic, topology.spec.source.partitions)
     plans = internal_topics(topology, settings, partitions=partitions)
-    for plan in plans:
-        if plan.name in existing:
-            problem = internal_partition_problem(plan, existing[plan.name])
-            if problem:
-                raise PipelineError(problem)
+    problems = [
+        problem
+        for plan in plans
+        if plan.name in existing and (problem := internal_partition_problem(plan, existing[plan.name]))
+    ]
+    # The tables' changelogs (Faust creates them) are partitioned like the source too: with
+    # fewer partitions every batch would fail ("Unknown partition") and the worker crash-loop.
+    problems += [
+        f"changelog topic {name} has {existing[name]} partitions but the source has "
+        f"{partitions}: its state is partitioned by the old count; see docs/operations.md "
+        "(partition counts) for resetting it"
+        for name in changelog_topic_names(topology, settings)
+        if name in existing and existing[name] != partitions
+    ]
+    if problems:
+        raise PipelineError("; ".join(problems))
     result = create_topics(admin, [p for p in plans if p.name not in existing])
     for name in result.created:
         log.info("created internal topic %s", name)

@@ -173,6 +173,23 @@ def test_an_internal_topic_the_worker_would_refuse(
         admin.ensure_internal_topics(load_topology(topology.path), settings)
 
 
+def test_a_changelog_with_another_partition_count_stops_the_worker_at_start(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """After the source was given more partitions, the tables' changelogs still have the old
+    count: the worker refuses to start instead of failing every batch."""
+    topology = make_topology(tmp_path)
+    client = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    changelog = f"{topology.group_id}-dedupe-dedupe-changelog"
+    for future in client.create_topics([NewTopic(changelog, 2, 1)]).values():
+        future.result(timeout=30)
+    settings = Settings.from_env(env={}, broker=BOOTSTRAP, group_id=topology.group_id)
+    loaded = load_topology(topology.path)
+    admin.ensure_topics(loaded, settings)
+    with pytest.raises(PipelineError, match=f"changelog topic {changelog} has 2 partitions but the source has 4"):
+        admin.ensure_internal_topics(loaded, settings)
+
+
 @pytest.mark.parametrize(
     ("command", "extra"),
     [
