@@ -32,3 +32,10 @@ class TopologyError(PipelineError):
 
 class BrokerUnavailable(PipelineError):
     """The Kafka broker could not be reached."""
+
+
+class StateMismatch(PipelineError):
+    """Stored state was written by another definition of its stage (an aggregate whose window,
+    group-by or measures changed): it cannot be read. Retrying cannot help (``fatal``)."""
+
+    fatal = True

@@ -36,6 +36,7 @@ consumer's offset commit but not this state are not counted twice.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ from typing import Any
 import orjson
 
 from pipeline.core.identity import canonical_identity
+from pipeline.errors import StateMismatch
 from pipeline.core.measures import (
     Measure,
     MeasureSpec,
@@ -120,6 +122,29 @@ class AggregateSpec:
             raise ValueError("measure ids must be unique")
         if self.max_groups < 1:
             raise ValueError("max_groups must be at least 1")
+
+    @property
+    def state_fingerprint(self) -> str:
+        """What the stored windows' layout depends on (window size and advance, group-by, the
+        measures): kept in the state's meta, so that state written by another definition is
+        refused with a clear error instead of being misread."""
+        definition = {
+            "window": [self.window.size_ms, self.window.advance_ms],
+            "group_by": list(self.group_by),
+            "measures": [[m.id, m.kind, m.field, m.method, m.precision] for m in self.measures],
+        }
+        return hashlib.sha256(orjson.dumps(definition)).hexdigest()[:16]
+
+    def check_stored_definition(self, meta: Mapping[str, Any]) -> None:
+        """Raise ``StateMismatch`` if ``meta`` was written for another definition (state written
+        before fingerprints were kept has none: accepted)."""
+        stored = meta.get("def")
+        if stored is not None and stored != self.state_fingerprint:
+            raise StateMismatch(
+                f"aggregate {self.name!r}: its stored state was written by another definition "
+                "(window, group_by or measures changed). Give the changed aggregate a new stage "
+                "id (it starts empty; docs/operations.md, upgrades) or restore the old definition"
+            )
 
     @property
     def retain(self) -> int:
@@ -468,6 +493,7 @@ class PartitionAggregator:
         return orjson.dumps(
             {
                 "v": STATE_VERSION,
+                "def": self.spec.state_fingerprint,
                 "stream_time": self.stream_time,
                 "watermark": self.watermark,
                 "last_event_wall_ms": self.last_event_wall_ms,
@@ -530,6 +556,7 @@ class PartitionAggregator:
                 meta = orjson.loads(value)
                 if meta.get("v") != STATE_VERSION:
                     raise ValueError(f"unknown aggregate state version {meta.get('v')!r}")
+                spec.check_stored_definition(meta)
                 agg.stream_time = meta["stream_time"]
                 agg.watermark = meta["watermark"]
                 agg.marked_through = meta["marked_through"]

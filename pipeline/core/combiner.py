@@ -216,6 +216,7 @@ class WindowCombiner:
         return orjson.dumps(
             {
                 "v": STATE_VERSION,
+                "def": self.spec.state_fingerprint,
                 "watermarks": {str(p): w for p, w in self.watermarks.items()},
                 "stale_partials": self.stale_partials,
             }
@@ -271,6 +272,7 @@ class WindowCombiner:
                 meta = orjson.loads(value)
                 if meta.get("v") != STATE_VERSION:
                     raise ValueError(f"unknown combiner state version {meta.get('v')!r}")
+                spec.check_stored_definition(meta)
                 combiner.watermarks = {int(p): w for p, w in meta["watermarks"].items()}
                 combiner.stale_partials = meta["stale_partials"]
                 combiner._meta_dirty = False

@@ -554,6 +554,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         failures = self.batch_failures
         if isinstance(exc, DeliveryFailed) and exc.fatal:
             raise BatchesFailing(f"the output producer cannot go on: {exc}") from exc
+        if getattr(exc, "fatal", False):  # e.g. StateMismatch: retrying cannot help
+            raise BatchesFailing(str(exc)) from exc
         if failures >= self.max_batch_failures:
             raise BatchesFailing(
                 f"{failures} batches failed in a row; the last: {exc!r}"

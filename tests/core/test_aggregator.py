@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from pipeline.core.aggregator import (
     CLOSED_FOREVER,
@@ -421,3 +422,35 @@ def test_replayed_changes_equal_the_state_after_every_step() -> None:
         back = PartitionAggregator.from_state(s, 4, table.items(), now_ms=WALL)
         assert back.snapshot() == agg.snapshot() and back.offsets == agg.offsets
     assert agg.open == {} and agg.offsets == {"events": 7}
+
+
+def test_state_of_another_definition_is_refused_clearly() -> None:
+    from pipeline.core.combiner import WindowCombiner
+    from pipeline.errors import StateMismatch
+
+    old = spec(group_by=("event",))
+    agg = PartitionAggregator(old, 0, created_ms=WALL)
+    agg.add([ev(T0 + 10)], WALL)
+    state = agg.to_state()
+    combiner_state = WindowCombiner(old, 4).to_state()
+    assert PartitionAggregator.from_state(spec(group_by=("event",)), 0, state.items(), now_ms=WALL)
+
+    changed = [
+        spec(group_by=("event",), measures=(COUNT, MeasureSpec("revenue", "sum", field="properties.revenue"))),
+        spec(group_by=()),
+        spec(group_by=("event",), window=WindowSpec.tumbling(2 * MIN, grace_ms=30_000)),
+    ]
+    for new in changed:
+        assert new.state_fingerprint != old.state_fingerprint
+        with pytest.raises(StateMismatch, match="'agg': its stored state was written by another definition"):
+            PartitionAggregator.from_state(new, 0, state.items(), now_ms=WALL)
+        with pytest.raises(StateMismatch):
+            WindowCombiner.from_state(new, 4, combiner_state.items())
+    # The grace period and the filter do not change what is stored.
+    assert spec(group_by=("event",), window=WindowSpec.tumbling(MIN, grace_ms=0)).state_fingerprint == old.state_fingerprint
+    # State written before fingerprints were kept has none: accepted.
+    legacy = dict(state)
+    meta = orjson.loads(legacy[b"m"])
+    del meta["def"]
+    legacy[b"m"] = orjson.dumps(meta)
+    PartitionAggregator.from_state(changed[1], 0, legacy.items(), now_ms=WALL)

@@ -521,10 +521,11 @@ def test_poison_non_utf8_header_key(kafka_broker: str, tmp_path: Path) -> None:
                 "unpacking a fetched batch (aiokafka/record/_crecords/default_records.pyx "
                 "DefaultRecordBatch._read_msg; the pure-Python twin in default_records.py), so "
                 "getmany() raises UnicodeDecodeError; BatchConsumer._drain_messages "
-                "(pipeline/runtime/faust_compat.py) re-raises it, Faust's Fetcher crashes and the "
-                "worker exits. The record is never dead-lettered, no record of the partition is "
-                "processed (not even those before it in the same fetch), and a restarted worker "
-                "crashes the same way (crash loop). " + run.describe()
+                "(pipeline/runtime/faust_compat.py) retries the fetch with a back-off and, after "
+                "PIPELINE_MAX_BATCH_FAILURES failures, stops the worker (exit 1, /health failing). "
+                "The record is never dead-lettered, no record of the partition after the last "
+                "delivered batch is processed, and a restarted worker fails the same way (crash "
+                "loop: loud, nothing committed, nothing lost). " + run.describe()
             )
         _assert_all_delivered(run)
     finally:

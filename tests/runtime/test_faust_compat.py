@@ -451,3 +451,12 @@ def test_where_reading_starts_ignores_records_of_an_earlier_assignment(consumer:
     assert consumer._first_fetched[tp] == 0, "the first one counts"
     consumer._note_first_fetched({TP("changelog", 0): [_Record(7)]}, consumer._assignment_epoch)
     assert TP("changelog", 0) not in consumer._first_fetched, "batch topics only"
+
+
+def test_an_error_retrying_cannot_help_stops_at_once(consumer: BatchConsumer) -> None:
+    from pipeline.errors import StateMismatch
+    from pipeline.runtime.faust_compat import BatchesFailing
+
+    consumer._batch_failed(StateMismatch("aggregate 'x': its stored state was written by another definition"))
+    with pytest.raises(BatchesFailing, match="another definition"):
+        asyncio.run(consumer._back_off_after_failure())
