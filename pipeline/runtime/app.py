@@ -450,7 +450,11 @@ def create_app(
         max_batch_failures=settings.max_batch_failures,
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
-        datadir=str(settings.data_dir / topology.name),
+        # Per consumer group, which also names the changelogs: a worker of another group (a
+        # renamed topology, PIPELINE_GROUP_ID) must not find this group's local tables.
+        datadir=str(settings.data_dir / group_id),
+        # Changelogs (Faust creates them) as durable as the source (Faust's default is 1).
+        topic_replication_factor=source.replication_factor,
         # web_host, web_bind (Faust binds 0.0.0.0 without it) and the SSL/SASL credentials.
         **faust_app_kwargs(settings),
         web_port=settings.web_port,

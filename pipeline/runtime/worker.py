@@ -9,7 +9,7 @@ import faust
 
 # The worker's own topics are planned and created in admin.py, next to the topology's, so that
 # ``pipeline topics create`` creates the very same topics without importing Faust.
-from pipeline.runtime.admin import ensure_internal_topics, ensure_topics
+from pipeline.runtime.admin import ensure_internal_topics, ensure_topics, group_id_for
 from pipeline.runtime.app import create_app
 from pipeline.settings import Settings
 from pipeline.topology.model import Topology
@@ -34,7 +34,7 @@ def run_worker(topology: Topology, settings: Settings) -> int:
     if created:
         log.info("created topics: %s", ", ".join(created))
     partitions = ensure_internal_topics(topology, settings)
-    (settings.data_dir / topology.name).mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / group_id_for(topology, settings)).mkdir(parents=True, exist_ok=True)
     app = create_app(topology, settings, source_partitions=partitions)
     # Exactly once: resolve a crashed predecessor's transaction before Faust reads the group's
     # committed offsets (output.py explains why).

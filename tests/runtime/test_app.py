@@ -84,3 +84,11 @@ def test_a_worker_assigned_nothing_is_ready_once_it_joined(app: Any) -> None:
     assert readiness_problems(app) == ["partition assignment"]
     app.consumer_generation_id = 3  # a rebalance completed and left it idle
     assert readiness_problems(app) == []
+
+
+def test_changelogs_as_durable_as_the_source_and_local_state_per_group(app: Any, tmp_path: Path) -> None:
+    topology = load_topology(REPO / "topologies" / "ecommerce.yaml")
+    assert app.conf.topic_replication_factor == topology.spec.source.replication_factor
+    # Keyed by the consumer group (which names the changelogs), not by the topology name: a
+    # worker of another group never finds this group's local tables.
+    assert Path(app.conf.datadir) == tmp_path / f"pipeline-{topology.name}"
