@@ -402,7 +402,10 @@ def format_create(report: TopicsReport) -> str:
         plan = t.plan
         assert plan is not None
         config = ", ".join(f"{k}={v}" for k, v in sorted(plan.config.items()))
-        rows.append((t.status, t.name, t.role, plan.partitions, plan.replication_factor, config))
+        # An existing topic shows what it has (a warning says where that differs from the plan).
+        partitions = t.partition_count if t.exists else plan.partitions
+        replication = t.replication_factor if t.exists else plan.replication_factor
+        rows.append((t.status, t.name, t.role, partitions, replication, config))
     lines += ["  " + line for line in render_table(
         ["STATUS", "TOPIC", "ROLE", "PARTITIONS", "RF", "DECLARED CONFIGS"], rows, right=(3, 4))]
     changed = sum(1 for t in report.managed if t.status in (CREATED, WOULD_CREATE))
