@@ -15,6 +15,7 @@ from typing import Any
 import faust
 import faust.transport.drivers.aiokafka
 import pytest
+from faust.sensors.monitor import Monitor
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -54,6 +55,11 @@ UPSTREAM_DIGESTS = {
     (AIOKafkaConsumerThread, "_seek_wait"): "9d221e816d940467",
     # Builds the worker's AIOKafkaConsumer (fetch_max_wait_ms=1500): we change that afterwards.
     (AIOKafkaConsumerThread, "_create_worker_consumer"): "c2701bfc3e6f6cad",
+    # Its livelock check reads monitor.stream_inbound_time (set per event by the monitor) and
+    # tp_last_committed_at (set by the thread's _commit): the batch path sets both itself.
+    (AIOKafkaConsumerThread, "verify_event_path"): "b983e7735f647cb3",
+    (Monitor, "on_stream_event_in"): "df6d2e5f6397ce44",
+    (AIOKafkaConsumerThread, "_commit"): "932852ce7a23f658",
     # Creates the consumer thread: BatchConsumer returns its own subclass.
     (faust.transport.drivers.aiokafka.Consumer, "_new_consumer_thread"): "0870ec53dea75083",
 }
@@ -149,6 +155,7 @@ def test_batch_topics_commit_delivered_offsets_only(consumer: BatchConsumer) -> 
 
     asyncio.run(scenario())
     assert tp in consumer._acked, "registered with Faust's commit loop"
+    assert tp in consumer.app.monitor.stream_inbound_time, "Faust's livelock check sees it processed"
     assert consumer._should_commit(tp, 15)
 
 
