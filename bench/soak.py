@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from bench.common import (
 from pipeline.produce import produce
 from pipeline.settings import Settings
 from pipeline.traffic import TrafficProfile, generate
-from tests.integration.kafka_helpers import BOOTSTRAP, WorkerProcess, make_topology
+from tests.integration.kafka_helpers import BOOTSTRAP, WorkerProcess, make_topology, worker_metric
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PII_KEY = "soak-only-pii-key-0123456789abcdef0123456789"
@@ -59,13 +58,8 @@ def rss_mb(pid: int) -> float:
 
 def consumer_lag(port: int, source: str) -> int | None:
     """Sum of ``pipeline_consumer_lag`` over the source's partitions (None: no answer)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    pattern = re.compile(rf'^pipeline_consumer_lag\{{partition="\d+",topic="{re.escape(source)}"\}} (\S+)$', re.MULTILINE)
-    return int(sum(float(v) for v in pattern.findall(text)))
+    value = worker_metric(port, "pipeline_consumer_lag", topic=source)
+    return None if value is None else int(value)
 
 
 def error_lines(path: Path) -> list[str]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -123,7 +124,7 @@ class AggregateSpec:
         if self.max_groups < 1:
             raise ValueError("max_groups must be at least 1")
 
-    @property
+    @cached_property  # written with every meta record: computed once
     def state_fingerprint(self) -> str:
         """What the stored windows' layout depends on (window size and advance, group-by, the
         measures): kept in the state's meta, so that state written by another definition is

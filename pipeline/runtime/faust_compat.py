@@ -57,7 +57,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from pipeline.core.records import SourceMessage
-from pipeline.runtime.output import DeliveryFailed, StaleBatch, group_metadata
+from pipeline.runtime.output import StaleBatch, group_metadata
 
 
 class BatchHandler(Protocol):
@@ -559,10 +559,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         exc, self._failure = self._failure, None
         assert exc is not None
         failures = self.batch_failures
-        if isinstance(exc, DeliveryFailed) and exc.fatal:
-            raise BatchesFailing(f"the output producer cannot go on: {exc}") from exc
-        if getattr(exc, "fatal", False):  # e.g. StateMismatch: retrying cannot help
-            raise BatchesFailing(str(exc)) from exc
+        # Retrying cannot help (DeliveryFailed from a fenced producer, StateMismatch).
+        if getattr(exc, "fatal", False):
+            raise BatchesFailing(f"cannot go on: {exc}") from exc
         if failures >= self.max_batch_failures:
             raise BatchesFailing(
                 f"{failures} batches failed in a row; the last: {exc!r}"

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -33,6 +33,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def worker_metric(port: int, name: str, **labels: str) -> float | None:
+    """The sum of a live worker's ``name`` samples whose labels include ``labels`` (None when
+    the worker does not answer), read with prometheus-client's own exposition parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 @dataclass
@@ -61,7 +81,7 @@ class LocalBroker:
         subprocess.run([str(REPO / "scripts" / "kafka-local.sh"), command], env=env, check=True,
                        timeout=timeout, cwd=REPO)
 
-    def up(self) -> "LocalBroker":
+    def up(self) -> LocalBroker:
         self._script("up")
         return self
 
@@ -210,7 +230,7 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def start(self, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> "WorkerProcess":
+    def start(self, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> WorkerProcess:
         self.log_path = tmp_path / f"worker-{self.web_port}.log"
         log = self.log_path.open("ab")
         env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "state"), **(env or {})}

@@ -9,10 +9,8 @@ equal to a recomputation from the routed events.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -25,6 +23,7 @@ from tests.integration.kafka_helpers import (
     make_topology,
     topic_size,
     wait_for_total,
+    worker_metric,
 )
 from tests.integration.test_aggregates import (
     MINUTE,
@@ -43,13 +42,8 @@ PARTITIONS = 6
 
 def assigned_source_partitions(port: int, source: str) -> int | None:
     """``pipeline_assigned_partitions{topic=<source>}`` of a live worker (None if it does not answer)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    match = re.search(rf'^pipeline_assigned_partitions\{{topic="{re.escape(source)}"\}} (\S+)$', text, re.MULTILINE)
-    return int(float(match.group(1))) if match else 0
+    value = worker_metric(port, "pipeline_assigned_partitions", topic=source)
+    return None if value is None else int(value)
 
 
 def wait_for_assignment(workers: list[WorkerProcess], source: str, want: list[int], timeout: float = 120.0) -> None:
