@@ -550,7 +550,12 @@ class PartitionAggregator:
         now_ms: int,
     ) -> PartitionAggregator:
         """Rebuild from ``to_state()`` / accumulated ``drain_changes()`` items. The idle clock
-        restarts at ``now_ms`` (a restored partition is not idle just because of the restart)."""
+        restarts at ``now_ms`` (a restored partition is not idle just because of the restart).
+
+        Every open (window, group) counts as changed for ``live_partials()``: the state may
+        come from another worker (or from before a discarded batch) whose latest changes never
+        went out as live partials, and the combiner would otherwise keep showing the older
+        values of a window that gets no further event."""
         agg = cls(spec, partition, created_ms=now_ms)
         for key, value in state:
             if key == b"m":
@@ -576,6 +581,7 @@ class PartitionAggregator:
                 agg.recent.setdefault(start, {})[group] = value
             else:
                 raise ValueError(f"unknown aggregate state key {key!r}")
+        agg._live_dirty.update((start, group) for start, groups in agg.open.items() for group in groups)
         return agg
 
 

@@ -147,14 +147,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delivered_offsets: dict[TP, int] = {}
-        self._first_fetched: dict[TP, int] = {}
-        """Per batch partition: the first offset fetched since it was assigned (where to read
-        again from when nothing of it has been delivered yet)."""
         # Bumped by every revocation, assignment and seek: records fetched before one are stale.
         self._fetch_epoch = 0
-        # Bumped by every revocation and assignment only: records fetched under an earlier
-        # assignment never say where a partition's reading starts (``_note_first_fetched``).
+        # Bumped by every revocation and assignment only.
         self._assignment_epoch = 0
+        self._seek_pending = True
+        """From a revocation until the seek that ends the next assignment's recovery: batch
+        records fetched meanwhile are dropped, never processed (``_drop_until_seeked``)."""
+        self._dropped_while_pending: set[TP] = set()
         # Held while a batch is handed over (checked, then sent) and during a seek, so that no
         # batch is sent between a seek's commit and the seek itself.
         self._handover_lock = asyncio.Lock()
@@ -180,6 +180,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._fetch_epoch += 1
         self._assignment_epoch += 1
+        self._seek_pending = True
         # Faust forgets the acknowledged offsets of revoked partitions before its own commit
         # (Consumer.on_partitions_revoked), so what was delivered since the last periodic commit
         # would be processed again after every rebalance. Commit it while the partitions are
@@ -187,20 +188,36 @@ class BatchConsumer(faust_aiokafka.Consumer):
         await self._commit_deliveries()
         for tp in revoked:
             self._delivered_offsets.pop(tp, None)
-            self._first_fetched.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._fetch_epoch += 1
         self._assignment_epoch += 1
-        for tp in assigned:
-            self._first_fetched.pop(tp, None)  # from an earlier assignment
+        self._seek_pending = True
         if self.batch_handler is not None:
             self.batch_handler.assigned(set(assigned))
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def perform_seek(self) -> None:
-        """Seek to the committed offsets, first committing what was already delivered.
+        """Faust's seek to the committed offsets at the end of an assignment's recovery: from
+        here on, the batch partitions are read and processed (``_seek_pending``)."""
+        assignment_epoch = self._assignment_epoch
+        # Dropped before the seek: the seek puts them back.
+        self._dropped_while_pending.clear()
+        await self._seek_to_resume()
+        if self._assignment_epoch != assignment_epoch:
+            return  # a newer rebalance began meanwhile: its own seek ends the wait
+        self._seek_pending = False
+        # Dropped while the seek ran: fetched after it (Faust resumes the partitions first), so
+        # the positions moved past them again. Seen: a restarted worker's partition sought to
+        # its committed offset, then its whole backlog fetched and dropped, and never read.
+        dropped, self._dropped_while_pending = self._dropped_while_pending, set()
+        if dropped:
+            await self._read_again(dropped)
+
+    async def _seek_to_resume(self) -> None:
+        """Seek the batch partitions to where their undelivered records start, first
+        committing what was already delivered.
 
         Faust's recovery resumes the stream partitions *before* it seeks them to their committed
         offsets (``Recovery.on_recovery_completed``); a batch handed over in between would be
@@ -211,41 +228,50 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._fetch_epoch += 1
             await self._commit_deliveries()
             await super().perform_seek()
-            # A partition with no committed offset is not moved by Faust's seek: put it back
-            # where its undelivered records start.
             committed = self._committed_offset
             for tp in self._batch_assignment():
                 target = self._resume_offset(tp)
-                if target is not None and committed.get(tp) != target:
-                    await self._seek_batch_partition(tp, target)
+                # Faust's seek put a partition with a committed offset there already; one
+                # without is not moved, and may be past records dropped unprocessed.
+                if target is None or committed.get(tp) != target:
+                    await self._seek_to_resume_offset(tp, target)
             # Records fetched while the seek was under way may still be from before it.
             self._fetch_epoch += 1
-
-    def _note_first_fetched(self, records: Mapping[TP, list[Any]], assignment_epoch: int) -> None:
-        """Remember where each batch partition's reading started in this assignment.
-
-        Records fetched under an earlier assignment do not count: they can be ahead of the
-        committed offset the partition now starts from, and taking them as the start skipped the
-        records in between (seen: 6 events lost when a rebalance left a worker the partitions it
-        had). Records fetched before a seek within this assignment do count: a partition with no
-        committed offset is not moved back by Faust's seek, so they must be read again from here
-        (seen: a partition's first 500 events lost when they were ignored).
-        """
-        if assignment_epoch != self._assignment_epoch:
-            return
-        first_fetched = self._first_fetched
-        for tp, tp_records in records.items():
-            if tp.topic in self.batch_topics and tp_records and tp not in first_fetched:
-                first_fetched[tp] = tp_records[0].offset
 
     def _batch_assignment(self) -> list[TP]:
         return [tp for tp in self.assignment() if tp.topic in self.batch_topics]
 
     def _resume_offset(self, tp: TP) -> int | None:
-        """Where a batch partition must be read from again: after its last delivered batch,
-        or, when none was delivered since it was assigned, its first fetched record."""
+        """Where a batch partition's undelivered records start: after its last delivered batch,
+        else at its committed offset; None when it has neither (its beginning then, as
+        ``auto_offset_reset`` says).
+
+        Only facts count, never where fetching got to: records are dropped unprocessed at
+        times (a rebalance or seek while they were fetched, a partition paused meanwhile),
+        and each drop moves the fetch position past them. Taking the first record fetched as
+        the start skipped records twice: after a rebalance (records fetched for the old
+        assignment, ahead of the committed offset) and after a seek (records fetched before
+        it, seen the moment after it)."""
         delivered = self._delivered_offsets.get(tp)
-        return delivered if delivered is not None else self._first_fetched.get(tp)
+        if delivered is not None:
+            return delivered
+        committed = self._committed_offset.get(tp)
+        return committed if committed else None
+
+    async def _seek_to_resume_offset(self, tp: TP, offset: int | None) -> None:
+        if offset is None:
+            await self._seek_batch_partition_to_beginning(tp)
+        else:
+            await self._seek_batch_partition(tp, offset)
+
+    async def _seek_batch_partition_to_beginning(self, tp: TP) -> None:
+        try:
+            thread = self._thread
+            consumer = thread._ensure_consumer()
+            await thread.call_thread(consumer.seek_to_beginning, faust_aiokafka.ensure_aiokafka_TP(tp))
+        except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
+            self.log.info("Could not seek %r to its beginning: %r", tp, exc)
+        self._read_offset[tp] = None
 
     async def _seek_batch_partition(self, tp: TP, offset: int) -> None:
         try:
@@ -268,11 +294,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         partitions = list(partitions)
         if settle:
             await self._settle_inflight()
+        if self._seek_pending:
+            # Nothing is processed until the seek that ends the recovery places them.
+            self._fetch_epoch += 1
+            return
         assignment = self.assignment()
         for tp in partitions:
-            target = self._resume_offset(tp)
-            if tp in assignment and target is not None:
-                await self._seek_batch_partition(tp, target)
+            if tp in assignment:
+                await self._seek_to_resume_offset(tp, self._resume_offset(tp))
         self._fetch_epoch += 1  # and so may one started during the seeks
 
     async def wait_empty(self) -> None:
@@ -326,7 +355,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # at the top of the next iteration.
         prefetch: asyncio.Future[Any] | None = None
         fetched_in = self._fetch_epoch
-        fetched_in_assignment = self._assignment_epoch
         self.draining = self.drain_started = True
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -337,7 +365,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 try:
                     if prefetch is None:
                         fetched_in = self._fetch_epoch
-                        fetched_in_assignment = self._assignment_epoch
                         records, active_partitions = await self._wait_next_records(1.0)
                     else:
                         records, active_partitions = await prefetch
@@ -348,6 +375,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     consumer_generation = self.app.consumer_generation_id
                     # Faust sleeps here too: getmany can return at once in a loop.
                     await self.sleep(0)
+                    if records and self._seek_pending:
+                        records = self._drop_until_seeked(records)
                     if not records or self.should_stop:
                         if self.read_committed:
                             await self._skip_transaction_markers_in_recovery()
@@ -355,11 +384,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         if not self.should_stop and self._idle_tick_due():
                             await self._handle_idle(generation)
                         continue
-                    self._note_first_fetched(records, fetched_in_assignment)
                     if not self.flow_active:
                         # As Faust does: a rebalance (or shutdown) is under way; drop the records and
-                        # seek back (perform_seek first commits what was delivered).
-                        await self.perform_seek()
+                        # seek back (first committing what was delivered).
+                        await self._seek_to_resume()
                         continue
                     if generation != self._fetch_epoch:
                         # A rebalance or seek happened since the fetch: these records may be from
@@ -391,7 +419,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                             others.extend((tp, r) for r in tp_records)
                     if batch and not others:
                         fetched_in = self._fetch_epoch
-                        fetched_in_assignment = self._assignment_epoch
                         prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                     if batch:
                         await self._handle_batch(batch, generation)
@@ -437,6 +464,28 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if prefetch is not None:
                 prefetch.cancel()
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _drop_until_seeked(self, records: Mapping[TP, list[Any]]) -> dict[TP, list[Any]]:
+        """The records without those of batch topics, while an assignment waits for the seek
+        that ends its recovery (``perform_seek``).
+
+        Until then a batch partition's fetch position says nothing: Faust marks every assigned
+        partition active before it pauses them for the recovery, records fetched for the old
+        assignment can still arrive, and records dropped for either reason move the position
+        on without being processed. A batch processed from there and delivered commits its
+        offsets past the dropped records, which are then never read (seen in the scale-out
+        test: two partitions' 54 events lost, with no output and no dead letter, and their
+        offsets committed). The seek puts every batch partition back where its undelivered
+        records start; changelog records (the recovery) pass.
+        """
+        batch_topics = self.batch_topics
+        kept = {}
+        for tp, tp_records in records.items():
+            if tp.topic not in batch_topics:
+                kept[tp] = tp_records
+            elif tp_records:
+                self._dropped_while_pending.add(tp)
+        return kept
 
     async def _skip_transaction_markers_in_recovery(self) -> None:
         """Let table recovery finish on changelogs written in transactions.

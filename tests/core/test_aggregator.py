@@ -338,6 +338,26 @@ def test_live_partials_only_for_changed_open_windows() -> None:
     assert values(agg.live_partials(), s) == {(T0, ("b",)): {"events": 3}}
 
 
+def test_a_restored_aggregator_sends_live_partials_of_every_open_window() -> None:
+    # The state can come from another worker whose latest changes never went out live (its
+    # live interval had not come round when it lost the partition): the new owner sends them
+    # all once, or the combiner would show older values until the window changes again.
+    s = spec(group_by=("event",))
+    agg = PartitionAggregator(s, 3, created_ms=WALL)
+    agg.add([ev(T0, "a"), ev(T0 + 1, "b"), ev(T0 + MIN, "a")], WALL)
+    agg.live_partials()
+    agg.add([ev(T0 + MIN + 1, "a")], WALL)  # changed, not sent live yet
+    state = agg.to_state()
+    back = PartitionAggregator.from_state(s, 3, state.items(), now_ms=WALL)
+    assert back.drain_changes() == {}  # nothing to write back: only the live values are due
+    assert values(back.live_partials(), s) == {
+        (T0, ("a",)): {"events": 1},
+        (T0, ("b",)): {"events": 1},
+        (T0 + MIN, ("a",)): {"events": 2},
+    }
+    assert back.live_partials() == []
+
+
 def test_live_partials_of_the_overflow_group() -> None:
     s = spec(group_by=("user_id",), max_groups=1)
     agg = PartitionAggregator(s, 0, created_ms=WALL)

@@ -90,6 +90,7 @@ def consumer() -> BatchConsumer:
     app = _App("compat-test", broker="kafka://127.0.0.1:1", autodiscover=False)
     c = app.consumer
     assert isinstance(c, BatchConsumer)
+    c._seek_pending = False  # as after the seek that ends an assignment's recovery
     return c
 
 
@@ -100,6 +101,7 @@ class _Handler:
         self.prepared: list[list[object]] = []
         self.delivered: list[list[object]] = []
         self.discarded: list[list[object]] = []
+        self.assignments: list[set[TP]] = []
         self.fail = fail
         self.release = asyncio.Event()
 
@@ -109,6 +111,9 @@ class _Handler:
 
     def discard(self, prepared):  # type: ignore[no-untyped-def]
         self.discarded.append(prepared)
+
+    def assigned(self, assigned):  # type: ignore[no-untyped-def]
+        self.assignments.append(assigned)
 
     async def deliver(self, prepared, offsets=None, group_metadata=None):  # type: ignore[no-untyped-def]
         await self.release.wait()
@@ -167,7 +172,7 @@ def test_a_failed_delivery_is_discarded_read_again_and_counted(consumer: BatchCo
     consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
     seeks: list[int] = []
     consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
-    consumer._first_fetched[tp] = 5
+    consumer._committed_offset[tp] = 5
     first, second = [_Record(5)], [_Record(6)]
 
     async def scenario() -> None:
@@ -244,7 +249,7 @@ def test_a_failing_prepare_reads_the_batch_again(consumer: BatchConsumer) -> Non
     consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
     seeks: list[int] = []
     consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
-    consumer._first_fetched[tp] = 7
+    consumer._committed_offset[tp] = 7
 
     asyncio.run(consumer._handle_batch({tp: [_Record(7), _Record(8)]}, 0))
     assert seeks == [7] and consumer._read_offset[tp] == 7
@@ -299,8 +304,10 @@ def test_a_batch_fetched_before_a_rebalance_is_discarded_not_sent(consumer: Batc
 class _FakeThread:
     """The consumer thread: seeks must run there (call_thread), never from the app's thread."""
 
-    def __init__(self, seek: Any) -> None:
-        self._consumer = type("C", (), {"seek": staticmethod(seek)})()
+    def __init__(self, seek: Any, seek_to_beginning: Any = None) -> None:
+        self._consumer = type(
+            "C", (), {"seek": staticmethod(seek), "seek_to_beginning": staticmethod(seek_to_beginning)}
+        )()
 
     def _ensure_consumer(self) -> Any:
         return self._consumer
@@ -342,7 +349,7 @@ def test_a_seek_commits_what_was_delivered_before_seeking_back(consumer: BatchCo
     consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
     consumer._thread = _FakeThread(lambda tp, offset: seeks.append(("seek", offset)))  # type: ignore[assignment]
     first, second = [_Record(10), _Record(11), _Record(12)], [_Record(13)]
-    consumer._first_fetched[tp] = 10
+    consumer._committed_offset[tp] = 10
 
     async def scenario() -> None:
         await consumer._handle_batch({tp: first}, 0)  # in flight
@@ -365,25 +372,31 @@ def test_a_seek_commits_what_was_delivered_before_seeking_back(consumer: BatchCo
 
 
 def test_records_dropped_before_any_delivery_are_read_again(consumer: BatchConsumer) -> None:
-    # A partition with no committed offset is not moved by Faust's seek: dropped records must
-    # still be fetched again, from the first one fetched since the assignment.
+    # Nothing delivered since the assignment: from the committed offset, or, for a partition
+    # with none (Faust's seek does not move it), from its beginning, never from where
+    # fetching got to.
     handler = _Handler()
     consumer.use_batches(["raw"], handler)
-    tp = TP("raw", 3)
-    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
-    seeks: list[int] = []
-
-    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
-    consumer._first_fetched[tp] = 0
+    committed, uncommitted = TP("raw", 3), TP("raw", 4)
+    consumer.assignment = lambda: {committed, uncommitted}  # type: ignore[method-assign]
+    consumer._committed_offset[committed] = 40
+    seeks: list[tuple[object, int]] = []
+    consumer._thread = _FakeThread(  # type: ignore[assignment]
+        lambda tp, offset: seeks.append((tp, offset)),
+        lambda tp: seeks.append((tp, "beginning")),
+    )
 
     async def scenario() -> None:
         consumer._fetch_epoch += 1  # e.g. the recovery's seek, after these were fetched
-        await consumer._handle_batch({tp: [_Record(0), _Record(1)]}, 0)
+        await consumer._handle_batch(
+            {committed: [_Record(70), _Record(71)], uncommitted: [_Record(9)]}, 0
+        )
 
     asyncio.run(scenario())
     assert handler.discarded and not handler.delivered
-    assert seeks == [0]
-    assert consumer._read_offset[tp] == 0, "the next offset to process"
+    assert [(getattr(t, "partition", None), o) for t, o in seeks] == [(3, 40), (4, "beginning")]
+    assert consumer._read_offset[committed] == 40, "the next offset to process"
+    assert consumer._read_offset[uncommitted] is None
 
 
 def test_a_revocation_commits_deliveries_before_faust_forgets_them(consumer: BatchConsumer) -> None:
@@ -441,23 +454,13 @@ def test_idle_ticks_are_handed_over_like_batches_without_records(consumer: Batch
     assert consumer._delivered_offsets == {}, "no offsets to commit"
 
 
-def test_where_reading_starts_ignores_records_of_an_earlier_assignment(consumer: BatchConsumer) -> None:
-    consumer.use_batches(["raw"], _Handler())
+def test_where_reading_resumes_is_what_was_delivered_or_committed(consumer: BatchConsumer) -> None:
     tp = TP("raw", 2)
-    before = consumer._assignment_epoch
-    consumer._assignment_epoch += 2  # revoked and assigned again while the fetch ran
-    # Fetched from the old position, ahead of the committed offset the partition restarts at.
-    consumer._note_first_fetched({tp: [_Record(3544), _Record(3545)]}, before)
-    assert tp not in consumer._first_fetched
-    # Fetched in this assignment, even before a seek (a partition with no committed offset is
-    # not moved back by Faust's seek: these must be read again from here).
-    consumer._fetch_epoch += 1
-    consumer._note_first_fetched({tp: [_Record(0), _Record(1)]}, consumer._assignment_epoch)
-    assert consumer._first_fetched[tp] == 0
-    consumer._note_first_fetched({tp: [_Record(2)]}, consumer._assignment_epoch)
-    assert consumer._first_fetched[tp] == 0, "the first one counts"
-    consumer._note_first_fetched({TP("changelog", 0): [_Record(7)]}, consumer._assignment_epoch)
-    assert TP("changelog", 0) not in consumer._first_fetched, "batch topics only"
+    assert consumer._resume_offset(tp) is None, "neither: the beginning"
+    consumer._committed_offset[tp] = 3544
+    assert consumer._resume_offset(tp) == 3544
+    consumer._delivered_offsets[tp] = 3600
+    assert consumer._resume_offset(tp) == 3600, "delivered, maybe not committed yet"
 
 
 def test_an_error_retrying_cannot_help_stops_at_once(consumer: BatchConsumer) -> None:
@@ -467,3 +470,105 @@ def test_an_error_retrying_cannot_help_stops_at_once(consumer: BatchConsumer) ->
     consumer._batch_failed(StateMismatch("aggregate 'x': its stored state was written by another definition"))
     with pytest.raises(BatchesFailing, match="another definition"):
         asyncio.run(consumer._back_off_after_failure())
+
+
+def test_batch_records_wait_for_the_seek_that_ends_an_assignments_recovery(consumer: BatchConsumer) -> None:
+    # Faust marks every assigned partition active before it pauses them for the recovery, and
+    # records of the old assignment can still arrive: processed before the seek to the committed
+    # offsets, a batch from wherever the fetch position got to committed its offsets past
+    # records nobody processed (seen: 54 events lost in the scale-out test).
+    consumer.use_batches(["raw"], _Handler())
+    raw, changelog = TP("raw", 4), TP("changelog", 4)
+
+    async def assign() -> None:
+        consumer._on_partitions_assigned = _noop  # type: ignore[method-assign]
+        await consumer.on_partitions_assigned({raw, changelog})
+
+    asyncio.run(assign())
+    assert consumer._seek_pending
+    records = {raw: [_Record(1115), _Record(1116)], changelog: [_Record(3)]}
+    kept = consumer._drop_until_seeked(records)
+    assert list(kept) == [changelog], "the recovery's changelog records pass, batch records wait"
+
+    consumer.assignment = lambda: {raw}  # type: ignore[method-assign]
+    _record_commits(consumer, raw)
+
+    async def seek_to_committed() -> dict[TP, int]:
+        consumer._committed_offset[raw] = 1090
+        return {raw: 1090}
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    seeks: list[int] = []
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
+    asyncio.run(consumer.perform_seek())
+    assert not consumer._seek_pending, "read from the committed offset on"
+    assert seeks == [], "Faust's seek put it there"
+
+
+async def _noop(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+def test_a_partition_without_committed_offset_restarts_at_its_beginning(consumer: BatchConsumer) -> None:
+    # Faust's seek does not move it; records dropped while waiting for the seek moved the fetch
+    # position on: nothing of it was processed in this assignment, so from the beginning.
+    consumer.use_batches(["raw"], _Handler())
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    _record_commits(consumer, tp)
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {tp: None}  # type: ignore[dict-item]
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    to_beginning: list[object] = []
+    consumer._thread = _FakeThread(  # type: ignore[assignment]
+        lambda tp, offset: pytest.fail("no seek to an offset"), to_beginning.append
+    )
+    consumer._read_offset[tp] = 500
+    asyncio.run(consumer.perform_seek())
+    assert [(t.topic, t.partition) for t in to_beginning] == [("raw", 0)]  # type: ignore[attr-defined]
+    assert consumer._read_offset[tp] is None and not consumer._seek_pending
+
+
+def test_a_rebalance_during_the_seek_keeps_batches_waiting(consumer: BatchConsumer) -> None:
+    consumer.use_batches(["raw"], _Handler())
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    _record_commits(consumer, tp)
+
+    async def seek_to_committed() -> dict[TP, int]:
+        consumer._assignment_epoch += 2  # revoked and assigned again meanwhile
+        consumer._committed_offset[tp] = 7
+        return {tp: 7}
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    consumer._thread = _FakeThread(lambda tp, offset: None)  # type: ignore[assignment]
+    consumer._seek_pending = True
+    asyncio.run(consumer.perform_seek())
+    assert consumer._seek_pending, "the newer assignment's own seek ends the wait"
+
+
+def test_records_dropped_while_the_seek_runs_are_read_again_after_it(consumer: BatchConsumer) -> None:
+    # Faust resumes the partitions before its seek: a fetch right after the seek returns the
+    # backlog, still dropped (the seek has not finished), and the position is past it again.
+    consumer.use_batches(["raw"], _Handler())
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    consumer._seek_pending = True
+    _record_commits(consumer, tp)
+    seeks: list[int] = []
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
+    consumer._drop_until_seeked({tp: [_Record(2000)]})  # before the seek: the seek covers it
+
+    async def seek_to_committed() -> dict[TP, int]:
+        consumer._committed_offset[tp] = 2112
+        seeks.append(-1)  # Faust's seek to the committed offset
+        consumer._drop_until_seeked({tp: [_Record(2112), _Record(4265)]})  # right after it
+        return {tp: 2112}
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    asyncio.run(consumer.perform_seek())
+    assert seeks == [-1, 2112], "sought back once more, after the seek"
+    assert not consumer._seek_pending and consumer._dropped_while_pending == set()
+    assert consumer._read_offset[tp] == 2112
