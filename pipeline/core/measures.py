@@ -28,6 +28,8 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import sub
 from typing import Any, Literal
 
 import orjson
@@ -139,6 +141,24 @@ class _ExactSum:
             x = hi
         partials[i:] = [x]
 
+    def add_many(self, values: Sequence[Any]) -> int:
+        """Add the numbers among ``values`` (as ``_number`` reads them); returns how many were
+        skipped. Ints are summed first (exact in any order); floats are added in their order,
+        since the partials list (which is stored) depends on it."""
+        ints = 0
+        skipped = 0
+        add = self.add
+        for value in values:
+            kind = type(value)
+            if kind is int:
+                ints += value
+            elif kind is float and math.isfinite(value):
+                add(value)
+            else:
+                skipped += 1
+        self.ints += ints
+        return skipped
+
     def merge(self, other: _ExactSum) -> None:
         self.ints += other.ints
         for p in other.partials:
@@ -180,6 +200,16 @@ class Count:
         else:
             self.n += 1
 
+    def update_many(self, values: Sequence[Any]) -> None:
+        """``update`` with each value (order does not matter for a count)."""
+        missing = values.count(None)
+        self.skipped += missing
+        self.n += len(values) - missing
+
+    def add_events(self, n: int) -> None:
+        """Count ``n`` events (a count without a field: every event counts)."""
+        self.n += n
+
     def merge(self, other: Count) -> None:
         self.n += other.n
         self.skipped += other.skipped
@@ -213,6 +243,10 @@ class Sum:
             self.skipped += 1
         else:
             self.total.add(x)
+
+    def update_many(self, values: Sequence[Any]) -> None:
+        """``update`` with each value, in order."""
+        self.skipped += self.total.add_many(values)
 
     def merge(self, other: Sum) -> None:
         self.total.merge(other.total)
@@ -250,6 +284,12 @@ class _Extreme:
             self.skipped += 1
         elif self.value is None or self._wins(x, self.value):
             self.value = x
+
+    def update_many(self, values: Sequence[Any]) -> None:
+        """``update`` with each value, in order (of equal values, e.g. 1 and 1.0, the first
+        one seen is kept, so the order matters)."""
+        for value in values:
+            self.update(value)
 
     def merge(self, other: _Extreme) -> None:
         self.skipped += other.skipped
@@ -320,6 +360,12 @@ class Avg:
             self.total.add(x)
             self.n += 1
 
+    def update_many(self, values: Sequence[Any]) -> None:
+        """``update`` with each value, in order."""
+        skipped = self.total.add_many(values)
+        self.skipped += skipped
+        self.n += len(values) - skipped
+
     def merge(self, other: Avg) -> None:
         self.total.merge(other.total)
         self.n += other.n
@@ -357,6 +403,17 @@ def distinct_key(value: Any) -> str | None:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
+_KEY_TYPES = frozenset({str, type(None)})
+
+
+def distinct_keys(values: list[Any]) -> list[str | None]:
+    """``distinct_key`` of each value: the values themselves, checked in one pass in C, when
+    they are all strings or missing (the usual case)."""
+    if _KEY_TYPES.issuperset(map(type, values)):
+        return values
+    return [value if type(value) is str else distinct_key(value) for value in values]
+
+
 class DistinctExact:
     code = 6
     __slots__ = ("skipped", "values")
@@ -371,6 +428,18 @@ class DistinctExact:
             self.skipped += 1
         else:
             self.values.add(key)
+
+    def update_many(self, values: Sequence[Any]) -> None:
+        """``update`` with each value."""
+        self.update_keys([distinct_key(value) for value in values])
+
+    def update_keys(self, keys: Sequence[str | None]) -> None:
+        """``update`` with values already made keys by ``distinct_key`` (None: missing)."""
+        unique = set(keys)
+        if None in unique:
+            unique.discard(None)
+            self.skipped += keys.count(None)
+        self.values |= unique  # type: ignore[arg-type]
 
     def merge(self, other: DistinctExact) -> None:
         self.values |= other.values
@@ -399,7 +468,24 @@ class DistinctExact:
 
 
 def hash64(data: bytes) -> int:
+    # The stored registers depend on this hash: it must never change.
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+_REGISTER_MEMOS: dict[int, dict[str, tuple[int, int]]] = {}
+"""Per precision: distinct key → (register index, rank), for recently seen keys. Hashing
+(~0.8 µs) was most of the cost of a HyperLogLog update, and the same identities come back in
+every batch, window and aggregate (active users per minute and per day hash the same ones). A
+pure function's memo, so it changes no result; each is emptied when it reaches
+``_REGISTER_MEMO_MAX`` keys (~3 MB)."""
+_REGISTER_MEMO_MAX = 1 << 14
+
+
+def _register_memo(p: int) -> dict[str, tuple[int, int]]:
+    memo = _REGISTER_MEMOS.get(p)
+    if memo is None or len(memo) >= _REGISTER_MEMO_MAX:
+        memo = _REGISTER_MEMOS[p] = {}
+    return memo
 
 
 def _sigma(x: float) -> float:
@@ -459,6 +545,41 @@ class HyperLogLog:
             return
         self.add_hash(hash64(key.encode("utf-8")))
 
+    def update_many(self, values: Sequence[Any]) -> None:
+        """``update`` with each value."""
+        self.update_keys([distinct_key(value) for value in values])
+
+    def update_keys(self, keys: Sequence[str | None]) -> None:
+        """``update`` with values already made keys by ``distinct_key`` (None: missing).
+        Registers only keep maxima, so order and repeats do not matter: each distinct key of
+        the batch is looked at once."""
+        unique = set(keys)
+        if None in unique:
+            unique.discard(None)
+            self.skipped += keys.count(None)
+        q = 64 - self.p
+        low_bits = (1 << q) - 1
+        sparse_limit = self.m >> 7
+        memo = _register_memo(self.p)
+        for key in unique:
+            register = memo.get(key)
+            if register is None:
+                h = hash64(key.encode("utf-8"))  # type: ignore[union-attr]
+                register = memo[key] = (h >> q, q - (h & low_bits).bit_length() + 1)
+            index, rank = register
+            # ``_set``, inlined: this runs for every distinct value of every batch.
+            sparse = self.sparse
+            if sparse is not None:
+                if rank > sparse.get(index, 0):
+                    sparse[index] = rank
+                    if len(sparse) > sparse_limit:
+                        self._densify()
+            else:
+                dense = self.dense
+                assert dense is not None
+                if rank > dense[index]:  # noqa: PLR1730 - a max() call costs more, per key
+                    dense[index] = rank
+
     def add_hash(self, h: int) -> None:
         q = 64 - self.p
         index = h >> q
@@ -501,10 +622,15 @@ class HyperLogLog:
             for index, rank in other.sparse.items():
                 self._set(index, rank)
             return
+        assert other.dense is not None
         if self.sparse is not None:
+            if not self.sparse:  # empty (the combiner merges into a new sketch): a copy
+                self.sparse = None
+                self.dense = bytearray(other.dense)
+                return
             self._densify()
-        assert self.dense is not None and other.dense is not None
-        self.dense = bytearray(map(max, self.dense, other.dense))
+        assert self.dense is not None
+        self.dense = _register_max(self.dense, other.dense)
 
     def estimate(self) -> float:
         m = self.m
@@ -515,9 +641,18 @@ class HyperLogLog:
             for rank in self.sparse.values():
                 histogram[rank] += 1
         else:
-            assert self.dense is not None
-            for rank in self.dense:
-                histogram[rank] += 1
+            dense = self.dense
+            assert dense is not None
+            # Counted in C, one pass per rank (a Python loop over the 2**p registers cost
+            # ~1 ms), up to the highest rank there is.
+            counted = 0
+            for rank in range(q + 2):
+                if counted == m:
+                    break
+                histogram[rank] = dense.count(rank)
+                counted += histogram[rank]
+            if counted != m:
+                raise ValueError("HyperLogLog register out of range")
         if histogram[0] == m:
             return 0.0
         z = m * _tau(1.0 - histogram[q + 1] / m)
@@ -532,22 +667,45 @@ class HyperLogLog:
     def write(self, out: bytearray) -> None:
         _put_uvarint(out, self.skipped)
         out.append(self.p)
-        if self.sparse is not None:
-            entries = sorted(self.sparse.items())
+        # The set registers as (index delta, rank) pairs when they are under a third, else all
+        # the registers. Every change of a window is written (and its live partials), so a
+        # dense sketch's pairs are found in C: a Python loop over its 2**p registers cost ~1 ms.
+        sparse = self.sparse
+        if sparse is not None:
+            indices = sorted(sparse)
+            if len(indices) * 3 >= self.m:
+                out.append(1)
+                out += self.registers()
+                return
+            deltas = list(map(sub, indices, [0, *indices[:-1]]))
+            ranks: Sequence[int] = [sparse[i] for i in indices]
         else:
-            assert self.dense is not None
-            entries = [(i, r) for i, r in enumerate(self.dense) if r]
-        if len(entries) * 3 < self.m:
-            out.append(0)  # sparse: (index delta, rank) pairs
-            _put_uvarint(out, len(entries))
-            previous = 0
-            for index, rank in entries:
-                _put_uvarint(out, index - previous)
+            dense = self.dense
+            assert dense is not None
+            if (self.m - dense.count(0)) * 3 >= self.m:
+                out.append(1)
+                out += dense
+                return
+            # The runs of zeros before each set register: a delta is its run + 1 (the first
+            # one's, from index 0, is its run).
+            runs = dense.translate(_SET_AS_ONE).split(b"\x01")[:-1]
+            deltas = [len(run) + 1 for run in runs]
+            if deltas:
+                deltas[0] -= 1
+            ranks = dense.translate(None, b"\x00")
+        out.append(0)  # sparse: (index delta, rank) pairs
+        _put_uvarint(out, len(deltas))
+        if not deltas or max(deltas) < 0x80:
+            # Every delta is a one-byte varint (the usual case): the pairs are the deltas
+            # and the ranks interleaved, which slice assignment does in C.
+            pairs = bytearray(2 * len(deltas))
+            pairs[0::2] = deltas
+            pairs[1::2] = ranks
+            out += pairs
+        else:
+            for delta, rank in zip(deltas, ranks):
+                _put_uvarint(out, delta)
                 out.append(rank)
-                previous = index
-        else:
-            out.append(1)
-            out += self.registers()
 
     @classmethod
     def read(cls, r: _Reader, spec: MeasureSpec) -> HyperLogLog:
@@ -559,12 +717,8 @@ class HyperLogLog:
         m.skipped = skipped
         mode = r.byte()
         if mode == 0:
-            index = 0
-            sparse: dict[int, int] = {}
-            for _ in range(r.uvarint()):
-                index += r.uvarint()
-                sparse[index] = r.byte()
-            if any(i >= m.m for i in sparse):
+            sparse = _read_sparse_registers(r)
+            if sparse and max(sparse) >= m.m:
                 raise MeasureDecodeError("HyperLogLog register index out of range")
             m.sparse = sparse
             if len(sparse) > m.m >> 7:
@@ -575,6 +729,60 @@ class HyperLogLog:
         else:
             raise MeasureDecodeError(f"bad HyperLogLog mode {mode}")
         return m
+
+
+_SET_AS_ONE = bytes([0] + [1] * 255)
+"""``bytes.translate`` table: a set register (any rank) becomes 1, an unset one stays 0."""
+
+
+def _read_sparse_registers(r: _Reader) -> dict[int, int]:
+    """(index delta, rank) pairs. Every partial the combiner merges is read, with up to
+    2**p / 3 pairs: when every delta is one byte (what ``write`` almost always makes) the
+    deltas and ranks are the even and odd bytes, taken apart in C; else ``_Reader.uvarint``
+    and ``byte``, inlined."""
+    data = r.data
+    count = r.uvarint()
+    pos = r.pos
+    pairs = data[pos : pos + 2 * count]
+    if len(pairs) == 2 * count and (not count or max(pairs[0::2]) < 0x80):
+        r.pos = pos + 2 * count
+        return dict(zip(accumulate(pairs[0::2]), pairs[1::2]))
+    index = 0
+    sparse: dict[int, int] = {}
+    try:
+        for _ in range(count):
+            byte = data[pos]
+            pos += 1
+            delta = byte & 0x7F
+            shift = 7
+            while byte >= 0x80:
+                byte = data[pos]
+                pos += 1
+                delta |= (byte & 0x7F) << shift
+                shift += 7
+            index += delta
+            sparse[index] = data[pos]
+            pos += 1
+    except IndexError:
+        raise MeasureDecodeError("truncated HyperLogLog registers") from None
+    r.pos = pos
+    return sparse
+
+
+def _register_max(a: bytearray, b: bytearray) -> bytearray:
+    """The register-wise maximum of two sketches' registers (equal lengths).
+
+    A Python loop over 2**p registers cost ~0.6 ms per merge; this takes a few big-integer
+    operations instead. Ranks are below 0x80, so in each byte ``(a | 0x80) - b`` neither
+    borrows from the next byte nor loses its top bit unless b > a: the top bits mark where a
+    wins. Registers that are not ranks (only from corrupt state) take the plain loop."""
+    x = int.from_bytes(a, "big")
+    y = int.from_bytes(b, "big")
+    high = int.from_bytes(b"\x80" * len(a), "big")
+    if (x | y) & high:
+        return bytearray(map(max, a, b))
+    a_wins = ((((x | high) - y) & high) >> 7) * 0xFF  # 0xFF in every byte where a >= b
+    return bytearray(((x & a_wins) | (y & ~a_wins)).to_bytes(len(a), "big"))
 
 
 Measure = Count | Sum | Min | Max | Avg | DistinctExact | HyperLogLog

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
@@ -16,6 +17,20 @@ from pipeline.stages import stage_type
 from pipeline.topology.model import Topology
 
 log = logging.getLogger(__name__)
+
+_Snapshot = tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]
+
+
+def _snapshot(ctx: BatchContext) -> _Snapshot:
+    """The batch's counts before a stage runs, to undo its partial counts if it fails.
+
+    Plain dict copies: one is taken for every stage of every batch but used only after a
+    failure, and ``Counter.copy()`` runs Python code (~10x the cost of ``dict()``)."""
+    return dict(ctx.dead_letters), dict(ctx.counters)
+
+
+def _restore(ctx: BatchContext, snapshot: _Snapshot) -> None:
+    ctx.dead_letters, ctx.counters = Counter(snapshot[0]), Counter(snapshot[1])
 
 
 class Processor:
@@ -69,7 +84,7 @@ class Processor:
         ctx = self.new_context()
         batch = messages if isinstance(messages, list) else list(messages)
         mark = len(ctx.outputs)
-        before = (ctx.dead_letters.copy(), ctx.counters.copy())
+        before = _snapshot(ctx)
         seconds = ctx.stage_seconds
         started = perf_counter()
         try:
@@ -77,7 +92,7 @@ class Processor:
         except Exception:
             log.exception("stage %r failed on a batch; isolating the failing messages", self.source.id)
             del ctx.outputs[mark:]
-            ctx.dead_letters, ctx.counters = before
+            _restore(ctx, before)
             items = self._decode_one_by_one(batch, ctx)
         ctx.event_times_ms = [item.event["timestamp"] for item in items]
         now = perf_counter()
@@ -95,12 +110,12 @@ class Processor:
         items: list[Item] = []
         for message in batch:
             mark = len(ctx.outputs)
-            before = (ctx.dead_letters.copy(), ctx.counters.copy())
+            before = _snapshot(ctx)
             try:
                 items.extend(self.source.decode([message], ctx))
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
                 del ctx.outputs[mark:]
-                ctx.dead_letters, ctx.counters = before
+                _restore(ctx, before)
                 ctx.dead_letter(
                     message,
                     reason=Reason.STAGE_ERROR,
@@ -117,23 +132,23 @@ class Processor:
         ctx: BatchContext,
     ) -> list[Item]:
         mark = len(ctx.outputs)
-        before = (ctx.dead_letters.copy(), ctx.counters.copy())
+        before = _snapshot(ctx)
         try:
             return run(items, ctx) or []
         except Exception:
             log.exception("stage %r failed on a batch; isolating the failing events", stage_id)
         # Undo the batch's partial outputs and counts, then replay one event at a time.
         del ctx.outputs[mark:]
-        ctx.dead_letters, ctx.counters = before
+        _restore(ctx, before)
         survivors: list[Item] = []
         for item in items:
             mark = len(ctx.outputs)
-            before = (ctx.dead_letters.copy(), ctx.counters.copy())
+            before = _snapshot(ctx)
             try:
                 survivors.extend(run([item], ctx) or [])
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
                 del ctx.outputs[mark:]
-                ctx.dead_letters, ctx.counters = before
+                _restore(ctx, before)
                 ctx.counters[(stage_id, "error")] += 1
                 ctx.dead_letter(
                     item.message,

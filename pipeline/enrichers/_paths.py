@@ -23,6 +23,17 @@ def getter(path: str) -> Callable[[dict[str, Any]], Any]:
             return node.get(second) if type(node) is dict else None
 
         return get2
+    if len(parts) == 3:
+        first, second, third = parts
+
+        def get3(event: dict[str, Any]) -> Any:
+            node = event.get(first)
+            if type(node) is not dict:
+                return None
+            node = node.get(second)
+            return node.get(third) if type(node) is dict else None
+
+        return get3
 
     def get(event: dict[str, Any]) -> Any:
         node: Any = event

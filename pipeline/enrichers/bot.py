@@ -435,16 +435,19 @@ class BotEnricher:
         shared = self._shared_parent
         parent: Any = None
         if shared is not None:
-            parent = event.get(shared[0])
+            parent_key, ua_key, device_key, target_key = shared
+            parent = event.get(parent_key)
             if type(parent) is not dict:
                 return _SKIPPED
-            ua = parent.get(shared[1])
-            device = parent.get(shared[2]) if shared[2] is not None else None
+            ua = parent.get(ua_key)
+            if type(ua) is not str or not ua:
+                return _SKIPPED
+            device = parent.get(device_key) if device_key is not None else None
         else:
             ua = self._get_ua(event)
+            if type(ua) is not str or not ua:
+                return _SKIPPED
             device = self._get_device(event) if self._get_device is not None else None
-        if type(ua) is not str or not ua:
-            return _SKIPPED
         if type(device) is dict and device.get("is_bot") is True:
             if self._drop:
                 return _DROP
@@ -468,7 +471,7 @@ class BotEnricher:
                 verdict = {"is_bot": True, "name": name, "reason": "crawler_list"}
                 outcome = _HIT
         if shared is not None:
-            parent[shared[3]] = verdict
+            parent[target_key] = verdict
         else:
             self._put(event, verdict)
         return outcome

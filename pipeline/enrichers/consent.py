@@ -56,8 +56,12 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.enrichers import EnricherContext, EnricherType, Outcome
+from pipeline.enrichers._paths import getter
 from pipeline.enrichers.pii import check_path
 from pipeline.topology.model import Strict
+
+# Enum member access costs ~0.2 us in Python 3.11: the hot path uses these.
+_HIT, _SKIPPED = Outcome.HIT, Outcome.SKIPPED
 
 _ALWAYS_REMOVED = ("user_id", "context.ip")
 _PROTECTED = frozenset({"event", "event_id", "timestamp", "consent_stripped", "anonymous_id"})
@@ -130,7 +134,7 @@ def _split(path: str) -> tuple[tuple[str, ...], str]:
 class ConsentEnricher:
     def __init__(self, config: ConsentConfig, context: EnricherContext) -> None:
         self._config = config
-        self._field = tuple(config.field.split("."))
+        self._get = getter(config.field)
         # Type-aware lookup sets: True == 1 and hash(True) == hash(1) in Python, so booleans
         # and numbers are kept apart.
         self._denied_bools = frozenset(v for v in config.denied_values if type(v) is bool)
@@ -147,24 +151,30 @@ class ConsentEnricher:
 
     def denied(self, event: dict[str, Any]) -> bool:
         """Whether the event says analytics consent was refused."""
-        node: Any = event
-        for part in self._field:
-            if type(node) is not dict:
-                return self._missing_denied
-            node = node.get(part)
-        kind = type(node)
+        value = self._get(event)
+        if value is None:  # missing, null, or a step of the path is not an object
+            return self._missing_denied
+        return self._denied_value(value)
+
+    def _denied_value(self, value: Any) -> bool:
+        kind = type(value)
         if kind is bool:
-            return node in self._denied_bools
+            return value in self._denied_bools
         if kind is str:
-            return node.strip().casefold() in self._denied_strings
+            return value.strip().casefold() in self._denied_strings
         if kind is int or kind is float:
-            return node in self._denied_numbers
-        # None (missing), or an object/list where a scalar belongs
+            return value in self._denied_numbers
+        # an object/list where a scalar belongs
         return self._missing_denied
 
     def enrich(self, event: dict[str, Any]) -> Outcome:
-        if not self.denied(event):
-            return Outcome.SKIPPED
+        # denied(), inlined: most events carry no consent value at all.
+        value = self._get(event)
+        if value is None:
+            if not self._missing_denied:
+                return _SKIPPED
+        elif not self._denied_value(value):
+            return _SKIPPED
         for parents, last in self._remove:
             node: Any = event
             for part in parents:
@@ -179,7 +189,7 @@ class ConsentEnricher:
         ):
             event["anonymous_id"] = self._placeholder
         event["consent_stripped"] = True
-        return Outcome.HIT
+        return _HIT
 
     def status(self) -> str:
         return "enabled"

@@ -83,6 +83,9 @@ from pipeline.topology.model import Duration, Strict
 
 log = logging.getLogger(__name__)
 
+# Enum member access costs ~0.2 us in Python 3.11: the hot path uses these.
+_HIT, _MISS, _SKIPPED = Outcome.HIT, Outcome.MISS, Outcome.SKIPPED
+
 GEO_KEYS = (
     "ip_type",
     "found",
@@ -446,10 +449,10 @@ class GeoipEnricher:
     def enrich(self, event: dict[str, Any]) -> Outcome:
         context = event.get("context")
         if type(context) is not dict:
-            return Outcome.SKIPPED
+            return _SKIPPED
         ip = context.get("ip")
         if ip is None or ip == "":
-            return Outcome.SKIPPED
+            return _SKIPPED
         now = self._clock()
         if now >= self._next_check:
             self._check_files(now)
@@ -465,7 +468,7 @@ class GeoipEnricher:
         version, value = unmap(*parsed)
         ip_type = classify(version, value)
         if ip_type != "public":
-            return Outcome.SKIPPED, _empty(ip_type)
+            return _SKIPPED, _empty(ip_type)
         address = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
         geo = _empty("public")
         if version == 4 or not self._city_v4_only:
@@ -484,7 +487,7 @@ class GeoipEnricher:
             record = record or {}
             for flag in ANONYMOUS_FLAGS:
                 geo[flag] = bool(record.get(flag, False))
-        return (Outcome.HIT if geo["found"] else Outcome.MISS), geo
+        return (_HIT if geo["found"] else _MISS), geo
 
     def _map_city(self, geo: dict[str, Any], record: dict[str, Any]) -> None:
         # The same fields geoip2's City model exposes (country, not registered_country; see

@@ -43,6 +43,9 @@ from pipeline.enrichers import EnricherContext, EnricherType, Outcome
 from pipeline.enrichers.geoip import parse_ip, unmap
 from pipeline.topology.model import Strict
 
+# Enum member access costs ~0.2 us in Python 3.11: the hot path uses these.
+_HIT, _MISS, _SKIPPED = Outcome.HIT, Outcome.MISS, Outcome.SKIPPED
+
 
 def _no_bool(value: Any) -> Any:
     # pydantic's lax int accepts true as 1; a boolean here is always a mistake.
@@ -103,20 +106,20 @@ class IpAnonymizeEnricher:
     def enrich(self, event: dict[str, Any]) -> Outcome:
         context = event.get("context")
         if type(context) is not dict:
-            return Outcome.SKIPPED
+            return _SKIPPED
         ip = context.get("ip")
         if ip is None or ip == "":
-            return Outcome.SKIPPED
+            return _SKIPPED
         context["ip_anonymized"] = True
         if self._drop:
             del context["ip"]
-            return Outcome.HIT
+            return _HIT
         truncated = self._truncate(ip) if type(ip) is str else None
         if truncated is None:
             del context["ip"]
-            return Outcome.MISS
+            return _MISS
         context["ip"] = truncated
-        return Outcome.HIT
+        return _HIT
 
     def status(self) -> str:
         return "enabled"

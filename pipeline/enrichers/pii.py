@@ -65,6 +65,9 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.enrichers import EnricherContext, EnricherType, EnricherUnavailable, Outcome
 from pipeline.topology.model import Strict
 
+# Enum member access costs ~0.2 us in Python 3.11: the hot path uses these.
+_HIT, _SKIPPED = Outcome.HIT, Outcome.SKIPPED
+
 MIN_KEY_BYTES = 16
 _SEGMENT = r"[A-Za-z0-9_$@\-]{1,128}"
 _PATH_RE = re.compile(rf"^{_SEGMENT}(\.{_SEGMENT}){{0,15}}$")
@@ -183,16 +186,19 @@ class PiiEnricher:
                 )
             self._hmac = hmac.new(key_bytes, digestmod=hashlib.sha256)
             del key, key_bytes
-        # (parent keys, last key, action, normalize) per field, paths split once
-        self._plan = [
-            (
-                tuple(f.path.split(".")[:-1]),
-                f.path.rsplit(".", 1)[-1],
-                f.action == "hash",
-                f.normalize,
-            )
-            for f in config.fields
-        ]
+        # Fields in config order, those with the same parent object next to each other grouped:
+        # [(first key of the parent path or None for the event itself, the rest of the parent
+        # path, [(last key, hash?, normalize)])]. Each parent is looked up once per event and
+        # passed over when empty: most events carry none of the fields.
+        self._plan: list[tuple[str | None, tuple[str, ...], list[tuple[str, bool, str]]]] = []
+        previous: list[str] | None = None
+        for f in config.fields:
+            *parents, last = f.path.split(".")
+            if parents != previous:
+                first = parents[0] if parents else None
+                self._plan.append((first, tuple(parents[1:]), []))
+                previous = parents
+            self._plan[-1][2].append((last, f.action == "hash", f.normalize))
         self._drop_containers = config.containers == "drop"
 
     def _hash(self, text: str) -> str:
@@ -202,13 +208,15 @@ class PiiEnricher:
 
     def enrich(self, event: dict[str, Any]) -> Outcome:
         changed = False
-        for parents, last, hashing, normalize in self._plan:
-            node: Any = event
-            for part in parents:
-                node = node.get(part)
+        for first, deeper, leaves in self._plan:
+            node: Any = event if first is None else event.get(first)
+            for part in deeper:
                 if type(node) is not dict:
                     break
-            else:
+                node = node.get(part)
+            if type(node) is not dict or not node:
+                continue
+            for last, hashing, normalize in leaves:
                 value = node.get(last)
                 if value is None:
                     continue
@@ -235,7 +243,7 @@ class PiiEnricher:
                     text = _normalise(text, normalize)
                 node[last] = self._hash(text)
                 changed = True
-        return Outcome.HIT if changed else Outcome.SKIPPED
+        return _HIT if changed else _SKIPPED
 
     def status(self) -> str:
         return "enabled"

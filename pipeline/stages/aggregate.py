@@ -37,7 +37,8 @@ windows by the wall clock, so a quiet partition does not hold the aggregate back
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -56,7 +57,7 @@ from pipeline.core.measures import MeasureSpec
 from pipeline.core.records import Item, Output
 from pipeline.core.windows import WindowSpec
 from pipeline.stages import StageType
-from pipeline.stages.route import Predicate, _compile_predicate
+from pipeline.stages.route import Predicate, _compile_predicate, _getter
 from pipeline.topology.model import Duration, StepId, Strict, TopicName, Topology, TopologySpec
 
 FieldPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")]
@@ -209,13 +210,48 @@ def _check(config: AggregateConfig, spec: TopologySpec) -> list[tuple[str, str]]
     return problems
 
 
+def _compile_where(predicate: Predicate) -> Callable[[dict[str, Any]], bool]:
+    """A ``where`` predicate: the route stage's, except ``eq`` / ``ne`` against a string or a
+    boolean, which run for every event of most aggregates and take one or two calls here
+    instead of three. For such a value route's comparison (equal, booleans not being numbers)
+    is plain ``==`` for a string (only a string equals one) and identity for a boolean (only
+    ``True`` is a boolean equal to ``True``); a missing field equals neither, as there.
+    ``tests/stages/test_aggregate.py`` checks the two agree."""
+    value = predicate.value
+    if predicate.op not in ("eq", "ne") or type(value) not in (str, bool):
+        return _compile_predicate(predicate)
+    equal = predicate.op == "eq"
+    if "." not in predicate.field:
+        name = predicate.field
+        if type(value) is bool:
+            if equal:
+                return lambda event: event.get(name) is value
+            return lambda event: event.get(name) is not value
+        if equal:
+            return lambda event: event.get(name) == value
+        return lambda event: event.get(name) != value
+    get = _getter(predicate.field)
+    if type(value) is bool:
+        if equal:
+            return lambda event: get(event) is value
+        return lambda event: get(event) is not value
+    if equal:
+        return lambda event: get(event) == value
+    return lambda event: get(event) != value
+
+
 def compile_spec(stage_id: str, config: AggregateConfig) -> AggregateSpec:
-    predicates = [_compile_predicate(p) for p in config.where]
-    where = None
-    if predicates:
+    predicates = [_compile_where(p) for p in config.where]
+    where: Callable[[dict[str, Any]], bool] | None = None
+    if len(predicates) == 1:
+        where = predicates[0]  # the usual case: no wrapper call and all() per event
+    elif predicates:
 
         def where(event: dict[str, Any]) -> bool:
-            return all(p(event) for p in predicates)
+            for predicate in predicates:
+                if not predicate(event):
+                    return False
+            return True
 
     return AggregateSpec(
         name=stage_id,
@@ -292,7 +328,9 @@ class AggregateStage:
         agg = self.aggregators.get(partition)
         if agg is None:
             agg = self.aggregators[partition] = PartitionAggregator(
-                self.spec, partition, created_ms=now_ms,
+                self.spec,
+                partition,
+                created_ms=now_ms,
                 track_changes=self.partials_topic is not None,
             )
             if self._track_partitions:
@@ -300,34 +338,24 @@ class AggregateStage:
         return agg
 
     def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
-        by_partition: dict[int, list[Item]] = {}
-        for item in items:
-            by_partition.setdefault(item.message.partition, []).append(item)
         counters = ctx.counters
         worker = self.partials_topic is not None
-        for partition, batch in by_partition.items():
+        for partition, batch in _by_partition(items).items():
             aggregator = self.aggregator(partition, ctx.now_ms)
             if worker:
-                # The state may already hold some of these (a crash lost the offset commit but
-                # not the changelog): never add an event twice.
-                offsets: dict[str, int] = {}
-                for item in batch:
-                    message = item.message
-                    if message.offset >= offsets.get(message.topic, -1):
-                        offsets[message.topic] = message.offset + 1
-                fresh = [
-                    i for i in batch
-                    if not aggregator.already_applied(i.message.topic, i.message.offset)
-                ]
-                if len(fresh) < len(batch):
-                    counters[(self.id, "replayed")] += len(batch) - len(fresh)
-                    batch = fresh
-                aggregator.note_offsets(offsets)
+                batch, next_offsets = self._not_yet_applied(aggregator, batch, counters)
             result = aggregator.add([i.event for i in batch], ctx.now_ms)
+            if worker:
+                # Only now: add() changes nothing when it raises, and the events the processor
+                # then replays one by one must not look applied already.
+                aggregator.note_offsets(next_offsets)
             counters[(self.id, "aggregated")] += result.added
-            for outcome in ("filtered", "partially_late", "overflowed"):
-                if n := getattr(result, outcome):
-                    counters[(self.id, outcome)] += n
+            if result.filtered:
+                counters[(self.id, "filtered")] += result.filtered
+            if result.partially_late:
+                counters[(self.id, "partially_late")] += result.partially_late
+            if result.overflowed:
+                counters[(self.id, "overflowed")] += result.overflowed
             if result.late:
                 counters[(self.id, "late")] += len(result.late)
                 if self.late_topic is not None:
@@ -338,6 +366,35 @@ class AggregateStage:
         for topic, key, value in self.tick(ctx.now_ms):
             ctx.emit(topic, key, value)
         return items
+
+    def _not_yet_applied(
+        self, aggregator: PartitionAggregator, batch: list[Item], counters: Counter[tuple[str, str]]
+    ) -> tuple[list[Item], dict[str, int]]:
+        """The items of one partition's batch that the aggregator's state does not hold yet
+        (a crash can lose the offset commit but not the changelog: never add an event twice),
+        and, per topic, the batch's next offset (its last + 1) for ``note_offsets``."""
+        topics = {i.message.topic for i in batch}
+        if len(topics) == 1:  # the usual case: the source topic
+            by_topic = {topics.pop(): [i.message.offset for i in batch]}
+        else:
+            by_topic = {}
+            for item in batch:
+                by_topic.setdefault(item.message.topic, []).append(item.message.offset)
+        next_offsets: dict[str, int] = {}  # per topic: the batch's last offset + 1
+        replayed = False
+        for topic, offsets in by_topic.items():
+            next_offsets[topic] = max(offsets) + 1
+            replayed = replayed or aggregator.already_applied(topic, min(offsets))
+        # Normally the batch starts at or after the stored next offset: nothing to filter then.
+        if replayed:
+            fresh = [
+                i
+                for i in batch
+                if not aggregator.already_applied(i.message.topic, i.message.offset)
+            ]
+            counters[(self.id, "replayed")] += len(batch) - len(fresh)
+            batch = fresh
+        return batch, next_offsets
 
     def tick(self, now_ms: int) -> list[Output]:
         """Close what is due in every partition (a timer calls this when no batch comes)."""
@@ -380,6 +437,19 @@ class AggregateStage:
         return [
             (topic, orjson.dumps([r["aggregate"], r["group"]]), orjson.dumps(r)) for r in finals
         ]
+
+
+def _by_partition(items: list[Item]) -> dict[int, list[Item]]:
+    """The items of each source partition, in order (partitions in order of appearance)."""
+    by_partition: dict[int, list[Item]] = {}
+    for item in items:
+        partition = item.message.partition
+        batch = by_partition.get(partition)
+        if batch is None:
+            by_partition[partition] = [item]
+        else:
+            batch.append(item)
+    return by_partition
 
 
 def _build(stage_id: str, config: AggregateConfig, topology: Topology) -> AggregateStage:

@@ -107,6 +107,9 @@ class DedupeStage:
         event_id = event.get("event_id")
         if event_id:
             return b"i:" + event_id.encode("utf-8")
+        return self._fingerprint(event)
+
+    def _fingerprint(self, event: dict[str, Any]) -> bytes:
         values = [_field_value(event, f) for f in self._fields]
         digest = hashlib.blake2b(
             orjson.dumps(values, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS),
@@ -116,23 +119,40 @@ class DedupeStage:
 
     def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
         items = self._route_to_owner(items, ctx)
-        by_partition: dict[int, list[tuple[Item, bytes]]] = {}
+        now_ms = ctx.now_ms
+        # Each partition's events and their keys, as two parallel lists (a pair per event costs).
+        by_partition: dict[int, tuple[list[Item], list[bytes]]] = {}
+        fingerprint = self._fingerprint
         for item in items:
-            by_partition.setdefault(item.message.partition, []).append((item, self.key_for(item.event)))
+            event = item.event
+            # key_for, inlined: most events have an event_id.
+            event_id = event.get("event_id")
+            key = b"i:" + event_id.encode("utf-8") if event_id else fingerprint(event)
+            partition = item.message.partition
+            group = by_partition.get(partition)
+            if group is None:
+                group = by_partition[partition] = ([], [])
+            group[0].append(item)
+            group[1].append(key)
         kept: list[Item] = []
         duplicates = 0
-        expires_at = ctx.now_ms + self._window_ms
+        expires_at = now_ms + self._window_ms
         to_remember: list[tuple[int, list[tuple[bytes, int]]]] = []
-        for partition, keyed in by_partition.items():
-            seen = self.store.seen(partition, [k for _, k in keyed], ctx.now_ms)
-            fresh: dict[bytes, int] = {}
-            for (item, key), was_seen in zip(keyed, seen, strict=True):
-                if was_seen or key in fresh:
-                    duplicates += 1
-                    self._duplicate(item, ctx)
-                else:
-                    fresh[key] = expires_at
-                    kept.append(item)
+        for partition, (group_items, keys) in by_partition.items():
+            seen = self.store.seen(partition, keys, now_ms)
+            fresh = dict.fromkeys(keys, expires_at)
+            if len(fresh) == len(keys) == len(seen) and not any(seen):
+                # The common case, decided in C: no key was seen before or twice in the batch.
+                kept.extend(group_items)
+            else:
+                fresh = {}
+                for item, key, was_seen in zip(group_items, keys, seen, strict=True):
+                    if was_seen or key in fresh:
+                        duplicates += 1
+                        self._duplicate(item, ctx)
+                    else:
+                        fresh[key] = expires_at
+                        kept.append(item)
             if fresh:
                 to_remember.append((partition, list(fresh.items())))
         # Last, once nothing can raise: if this batch is replayed event by event after a

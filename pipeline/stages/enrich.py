@@ -79,26 +79,84 @@ class EnrichStage:
         self.enricher = enricher
 
     def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
+        # The per-event loop only calls the enricher and records its outcome (counted and
+        # filtered afterwards, in C); an exception hands the rest of the batch to the careful
+        # loop of _process_after_error.
+        enrich = self.enricher.enrich
+        outcomes: list[Any] = []
+        record = outcomes.append
+        try:
+            for item in items:
+                record(enrich(item.event))
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+            return self._process_after_error(items, outcomes, exc, ctx)
+        return self._tally(items, outcomes, ctx.counters)
+
+    def _tally(self, items: list[Item], outcomes: list[Any], counters: Any) -> list[Item]:
+        """Count the outcomes of a batch without errors; the events that were not dropped."""
+        stage_id = self.id
+        count = outcomes.count
+        total = len(outcomes)
+        # list.count compares every element; stop once the outcomes are all accounted for
+        hits = count(_HIT)
+        misses = count(_MISS) if hits != total else 0
+        skipped = count(_SKIPPED) if hits + misses != total else 0
+        kept = items
+        if hits + misses + skipped != total:
+            drops = count(_DROP)
+            if drops:
+                counters[(stage_id, "drop")] += drops
+                kept = [
+                    item
+                    for item, outcome in zip(items, outcomes, strict=True)
+                    if outcome is not _DROP
+                ]
+        if hits:
+            counters[(stage_id, "hit")] += hits
+        if misses:
+            counters[(stage_id, "miss")] += misses
+        if skipped:
+            counters[(stage_id, "skipped")] += skipped
+        return kept
+
+    def _process_after_error(
+        self, items: list[Item], outcomes: list[Any], exc: Exception, ctx: BatchContext
+    ) -> list[Item]:
+        """The batch from the event that raised ``exc`` on (``outcomes`` holds the outcomes of
+        the events before it), one event at a time, with ``on_error`` applied."""
         enrich = self.enricher.enrich
         counters = ctx.counters
         stage_id = self.id
-        kept: list[Item] = []
-        hits = misses = skipped = 0
-        for item in items:
-            try:
-                outcome = enrich(item.event)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+        done = len(outcomes)
+        # Counted as the loop goes, so the counters' keys appear in the same order as always.
+        drops = outcomes.count(_DROP)
+        if drops:
+            counters[(stage_id, "drop")] += drops
+        kept = [  # the events before the one that raised
+            item for item, outcome in zip(items, outcomes, strict=False) if outcome is not _DROP
+        ]
+        count = outcomes.count
+        hits, misses, skipped = count(_HIT), count(_MISS), count(_SKIPPED)
+        error: Exception | None = exc
+        for item in items[done:]:
+            if error is None:
+                try:
+                    outcome = enrich(item.event)
+                except Exception as raised:  # noqa: BLE001 - one bad event must not stop the stream
+                    error = raised
+            if error is not None:
                 counters[(stage_id, "error")] += 1
                 if self.on_error == "dead_letter":
                     ctx.dead_letter(
                         item.message,
                         reason=Reason.ENRICHMENT_FAILED,
                         stage=stage_id,
-                        detail=f"{type(exc).__name__}: {exc}",
+                        detail=f"{type(error).__name__}: {error}",
                         event=item.event,
                     )
                 else:
                     kept.append(item)
+                error = None
                 continue
             if outcome is _HIT:
                 hits += 1

@@ -138,10 +138,18 @@ def _compile_predicate(p: Predicate) -> Callable[[dict[str, Any]], bool]:
         return lambda e: get(e) not in (_MISSING, None)
     if p.op == "missing":
         return lambda e: get(e) in (_MISSING, None)
-    if p.op == "eq":
-        return lambda e: _same(get(e), value)
-    if p.op == "ne":
-        return lambda e: not _same(get(e), value)
+    if p.op in ("eq", "ne"):
+        # _same, without its call where the value's type allows: an equality runs for most
+        # events (``context.bot.is_bot eq true`` in the example topology).
+        if type(value) is bool:
+            # Only the boolean itself is _same as a boolean (1 == True, but 1 is no boolean).
+            same = lambda e: get(e) is value
+        elif type(value) is str:
+            # Only an equal string is _same as a string (a boolean or a number never equals one).
+            same = lambda e: get(e) == value
+        else:
+            same = lambda e: _same(get(e), value)
+        return same if p.op == "eq" else lambda e: not same(e)
     if p.op == "in":
         members = list(value)
 

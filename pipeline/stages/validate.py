@@ -93,6 +93,11 @@ def _depth(value: Any, limit: int) -> int:
 
 def parse_timestamp(value: Any) -> int:
     """Epoch milliseconds from epoch milliseconds (number) or ISO-8601 with an offset or ``Z``."""
+    # Exact types first: nearly every timestamp is an int or a str (a bool is neither type).
+    if type(value) is int:
+        return value
+    if type(value) is str:
+        return _parse_text_timestamp(value)
     if isinstance(value, bool):
         raise _Invalid(Reason.BAD_TIMESTAMP, "timestamp is a boolean", "timestamp")
     if isinstance(value, int):
@@ -102,28 +107,33 @@ def parse_timestamp(value: Any) -> int:
             raise _Invalid(Reason.BAD_TIMESTAMP, "timestamp is not finite", "timestamp")
         return int(value)
     if isinstance(value, str):
-        text = value.strip()
-        if 10 <= len(text) <= 40 and text[4:5] == "-":
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                pass
-            else:
-                if parsed.tzinfo is None:
-                    raise _Invalid(
-                        Reason.BAD_TIMESTAMP,
-                        f"timestamp {text!r} has no UTC offset (add Z or +hh:mm)",
-                        "timestamp",
-                    )
-                # Integer arithmetic: float seconds * 1000 can lose a millisecond.
-                return (parsed - _EPOCH) // _ONE_MS
-        raise _Invalid(
-            Reason.BAD_TIMESTAMP,
-            f"timestamp {value[:64]!r} is neither ISO-8601 with an offset nor epoch milliseconds",
-            "timestamp",
-        )
+        return _parse_text_timestamp(value)
     raise _Invalid(
         Reason.BAD_TIMESTAMP, f"timestamp is a {_json_type(value)}", "timestamp"
+    )
+
+
+def _parse_text_timestamp(value: str) -> int:
+    text = value.strip()
+    # text[4] exists once len(text) >= 10; indexing is cheaper than slicing.
+    if 10 <= len(text) <= 40 and text[4] == "-":
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is None:
+                raise _Invalid(
+                    Reason.BAD_TIMESTAMP,
+                    f"timestamp {text!r} has no UTC offset (add Z or +hh:mm)",
+                    "timestamp",
+                )
+            # Integer arithmetic: float seconds * 1000 can lose a millisecond.
+            return (parsed - _EPOCH) // _ONE_MS
+    raise _Invalid(
+        Reason.BAD_TIMESTAMP,
+        f"timestamp {value[:64]!r} is neither ISO-8601 with an offset nor epoch milliseconds",
+        "timestamp",
     )
 
 
@@ -168,8 +178,12 @@ class ValidateStage:
                 f"payload is {size} bytes, the limit is {config.max_payload_bytes}",
             )
         # Nesting beyond the limit needs more than max_depth brackets; counting them (in C) is far
-        # cheaper than walking every event, and orjson itself stops at 1024 levels.
-        maybe_deep = value.count(b"{") + value.count(b"[") > config.max_depth
+        # cheaper than walking every event, and orjson itself stops at 1024 levels. A count is a
+        # byte-by-byte loop (~1 ns a byte), while `in` is a memchr: most events have no array.
+        brackets = value.count(b"{")
+        if b"[" in value:
+            brackets += value.count(b"[")
+        maybe_deep = brackets > config.max_depth
         try:
             event = orjson.loads(value)
         except orjson.JSONDecodeError as exc:

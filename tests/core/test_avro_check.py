@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.core.avro_check import SchemaCompileError, compile_schema
+from pipeline.core.avro_check import SchemaCompileError, _Compiler, compile_schema
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -426,3 +429,132 @@ def test_shipped_purchase_schema() -> None:
         "properties.shipping",
         "-1 is below the minimum 0",
     )
+
+
+# ------------------------------------------------------------------ quick test = detailed walk
+# A compiled checker first asks a quick yes/no test and walks the value for the first problem only
+# when the test says no. The test must never say yes where the walk finds a problem, or a bad
+# value would pass. Compared on valid values with one spot changed (a value with two problems
+# could hide a missed one behind the other), and on random JSON.
+
+EDGE_VALUES: list[Any] = [
+    None, True, False, 0, 1, -1, 0.5, -1e-9, 1e300, 2**31 - 1, 2**31, -(2**31) - 1, 2**63,
+    -(2**63) - 1, 2**64, "", "x", "A", "EUR", "eur", "EURO", "a" * 201, "nope", [], [1], ["x"],
+    [None], {}, {"x": 1}, {"value": 1},
+]
+
+
+def one_change(value: Any) -> Iterator[Any]:
+    """``value`` itself, then ``value`` with one spot changed: a node replaced by an edge value, a
+    key removed or added, an array item dropped or repeated."""
+    yield value
+    yield from EDGE_VALUES
+    if isinstance(value, dict):
+        for key, item in value.items():
+            for changed in one_change(item):
+                yield {**value, key: changed}
+            yield {k: v for k, v in value.items() if k != key}
+        yield {**value, "extra": 1}
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            for changed in one_change(item):
+                yield [*value[:i], changed, *value[i + 1 :]]
+        yield value[:-1]
+        yield [*value, *value[:1]]
+
+
+def _shipped(path: str) -> Any:
+    return json.loads((REPO / path).read_text(encoding="utf-8"))
+
+
+# Each schema with a valid value that has every field (so every field gets changed).
+QUICK_CASES: dict[str, tuple[Any, Any]] = {
+    "add_to_cart": (
+        _shipped("avro/events/add_to_cart.avsc"),
+        {"product_id": "p", "name": "Mug", "category": None, "price": 2.5, "currency": "EUR",
+         "quantity": 1},
+    ),
+    "error_occurred": (
+        _shipped("avro/events/error_occurred.avsc"),
+        {"error_type": "E", "message": None, "code": "x", "fatal": True, "component": "c"},
+    ),
+    "purchase_completed": (
+        _shipped("avro/events/purchase_completed.avsc"),
+        {"order_id": "o", "revenue": 1, "currency": "EUR", "shipping": 0.0, "tax": None,
+         "coupon": "C", "products": [{"product_id": "p", "name": None, "category": "c",
+                                      "price": 1.0, "quantity": 2}]},
+    ),
+    "bounded": (
+        record(
+            {"name": "n", "type": ["null", "double"], "default": None, "minimum": 0, "maximum": 10},
+            {"name": "i", "type": "int", "minimum": -1, "maximum": 2**40},
+            {"name": "s", "type": "string", "minLength": 1, "maxLength": 3, "pattern": "[A-Z]+"},
+            {"name": "a", "type": {"type": "array", "items": "long"}, "minItems": 1, "maxItems": 2},
+            {"name": "u", "type": ["long", "string", "boolean"]},
+            {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}, "default": "A"},
+            {"name": "m", "type": {"type": "map", "values": ["null", "E"]}, "default": {}},
+            {"name": "j", "type": {"type": "string", "logicalType": "json"}},
+            {"name": "d", "type": "string", "default": "x"},
+            {"name": "f", "type": "float"},
+        ),
+        {"n": 5, "i": 0, "s": "AB", "a": [1, 2], "u": False, "e": "B", "m": {"k": "A", "l": None},
+         "j": [{}], "d": "y", "f": 1},
+    ),
+    "closed": (
+        record(
+            {"name": "a", "type": "string"},
+            {"name": "b", "type": ["null", "int"], "default": None},
+            additionalProperties=False,
+        ),
+        {"a": "x", "b": 1},
+    ),
+    "recursive": (
+        {
+            "type": "record",
+            "name": "Node",
+            "fields": [
+                {"name": "value", "type": "int"},
+                {"name": "next", "type": ["null", "Node"], "default": None},
+                {"name": "children", "type": {"type": "array", "items": "Node"}, "default": []},
+            ],
+        },
+        {"value": 1, "next": {"value": 2, "next": None}, "children": [{"value": 3}]},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUICK_CASES))
+def test_quick_test_never_accepts_what_the_walk_refuses(name: str) -> None:
+    schema, valid = QUICK_CASES[name]
+    node = _Compiler().compile(schema, namespace="")
+    checker = compile_schema(schema)
+    answered = {True: 0, False: 0}
+    for value in one_change(valid):
+        problem = node.check(value, "v")
+        quick = node.quick(value)
+        answered[quick] += 1
+        if quick:
+            assert problem is None, (value, problem)
+        assert checker(value, "v") == problem, value
+    # The quick test answers the valid value and many near it itself (or the checker is no faster).
+    assert node.quick(valid)
+    assert answered[True] >= 10 and answered[False] >= 20, answered
+
+
+@pytest.mark.parametrize(
+    "path", sorted(str(p.relative_to(REPO)) for p in (REPO / "avro").rglob("*.avsc"))
+)
+@settings(max_examples=200, deadline=None, database=None)
+@given(value=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=8,
+))
+def test_quick_test_never_accepts_what_the_walk_refuses_any_json(path: str, value: Any) -> None:
+    schema = _shipped(path)
+    node = _Compiler().compile(schema, namespace="")
+    problem = node.check(value, "v")
+    if node.quick(value):
+        assert problem is None, (value, problem)
+    assert compile_schema(schema)(value, "v") == problem

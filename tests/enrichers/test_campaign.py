@@ -251,6 +251,61 @@ def test_existing_campaign_is_replaced() -> None:
     assert list(event["context"]["campaign"]) == KEYS
 
 
+def test_cache_is_bounded_and_keyed_by_url() -> None:
+    enricher = make(cache_size=2)
+    urls = ["https://s.example/?utm_source=a", "https://s.example/?utm_source=b"]
+    for url in [*urls, urls[0], "https://s.example/?utm_source=c", "https://s.example/x"]:
+        run(url, enricher)
+    info = enricher.cache_info()
+    # URLs without a query never reach the cache; a third tagged URL evicts the oldest
+    assert (info.hits, info.misses, info.currsize, info.maxsize) == (1, 3, 2, 2)
+    enricher.close()
+    assert enricher.cache_info().currsize == 0
+    assert make(cache_size=0).cache_info() is None
+
+
+def test_cached_results_are_copied_per_event() -> None:
+    enricher = make()
+    url = "https://s.example/?utm_source=Google&gclid=abc"
+    _, first = run(url, enricher)
+    assert first is not None
+    first["source"] = "tampered"
+    _, second = run(url, enricher)
+    assert second is not None and second["source"] == "google"
+    assert enricher.cache_info().hits == 1
+
+
+def test_long_urls_bypass_the_cache() -> None:
+    enricher = make()
+    url = "https://s.example/?utm_source=a&x=" + "y" * 1100
+    assert run(url, enricher)[1] == run(url, make(cache_size=0))[1]
+    assert enricher.cache_info().currsize == 0
+    # a URL over max_url_length is skipped, with or without the cache
+    assert run(url, make(max_url_length=100)) == (Outcome.SKIPPED, None)
+    assert run(url[:900], make(max_url_length=100)) == (Outcome.SKIPPED, None)
+
+
+def test_cached_and_uncached_results_are_identical() -> None:
+    """Every outcome and campaign object, on generated traffic with repeated URLs and on odd
+    URLs (each twice, so the second answer comes from the cache)."""
+    odd = [
+        "http://[::1?utm_source=x",
+        "https://s.example/#/p?utm_source=frag",
+        "https://s.example/?UTM_Source=%20Mixed%20&utm%5Fmedium=Email",
+        "https://s.example/?gclid=&fbclid=f1&gclid=g1",
+        "https://s.example/?utm_campaign=%FF%FE",
+        "https://bücher.example/?utm_source=x",
+    ]
+    for config in ({}, {"read_fragment": True}):
+        cached, uncached = make(**config), make(cache_size=0, **config)
+        events = traffic(3000)
+        events += [{"context": {"page_url": url}} for url in odd + odd]
+        copies = copy.deepcopy(events)
+        assert [cached.enrich(e) for e in events] == [uncached.enrich(e) for e in copies]
+        assert events == copies
+        assert cached.cache_info().hits > len(odd)  # the second round of odd URLs, at least
+
+
 def test_lowercase_can_be_turned_off() -> None:
     _, campaign = run("https://s.example/?utm_source=Google", make(lowercase_source_medium=False))
     assert campaign["source"] == "Google"
@@ -259,7 +314,7 @@ def test_lowercase_can_be_turned_off() -> None:
 def test_status_close_and_repr() -> None:
     enricher = make()
     assert enricher.status() == "enabled"
-    assert "CampaignEnricher" in repr(enricher)
+    assert "CampaignEnricher" in repr(enricher) and "cache_size=10000" in repr(enricher)
     enricher.close()
 
 
@@ -275,6 +330,8 @@ def test_status_close_and_repr() -> None:
         ({"click_ids": [{"param": "gclid", "colour": "red"}]}, "click_ids.0.colour"),
         ({"click_ids": [{"param": "gclid"}, {"param": "GCLID"}]}, ""),
         ({"infer": True}, "infer"),
+        ({"cache_size": -1}, "cache_size"),
+        ({"cache_size": "many"}, "cache_size"),
     ],
 )
 def test_bad_config_is_refused(config: dict, where: str) -> None:

@@ -89,6 +89,42 @@ def test_same_person_hashes_the_same_after_normalisation() -> None:
     assert c["user_properties"]["phone"] == expected("015123456")
 
 
+def test_fields_of_one_object_interleaved_with_others_and_top_level_fields() -> None:
+    """Fields are applied in config order; each parent object is looked up once per run of
+    fields below it. Interleaved parents, nested parents and top-level keys all work."""
+    enricher = make(
+        [
+            {"path": "properties.a", "action": "hash"},
+            {"path": "user_properties.email", "action": "hash", "normalize": "lower_strip"},
+            {"path": "properties.b", "action": "drop"},
+            {"path": "user_id", "action": "hash"},
+            {"path": "properties.c", "action": "hash"},
+            {"path": "context.campaign.click_id", "action": "hash"},
+            {"path": "context.campaign.term", "action": "drop"},
+            {"path": "coupon", "action": "drop"},
+        ]
+    )
+    event = {
+        "user_id": "u1",
+        "coupon": "SAVE10",
+        "properties": {"a": "A", "b": "B", "c": 7, "d": "kept"},
+        "user_properties": {"email": " Ann@Example.com"},
+        "context": {"campaign": {"click_id": "gclid-1", "term": "shoes", "source": "google"}},
+    }
+    assert enricher.enrich(event) is Outcome.HIT
+    assert event == {
+        "user_id": expected("u1"),
+        "properties": {"a": expected("A"), "c": expected("7"), "d": "kept"},
+        "user_properties": {"email": expected("ann@example.com")},
+        "context": {"campaign": {"click_id": expected("gclid-1"), "source": "google"}},
+    }
+    # parents that are absent, empty or not objects are passed over
+    for odd in ({}, {"properties": {}, "context": {"campaign": "x"}}, {"properties": [1]}):
+        before = copy.deepcopy(odd)
+        assert enricher.enrich(odd) is Outcome.SKIPPED
+        assert odd == before
+
+
 def test_strip_and_none_normalisation() -> None:
     enricher = make(
         [

@@ -397,6 +397,42 @@ def test_cache(tmp_path: Path) -> None:
     uncached.close()
 
 
+def test_page_host_cache_is_bounded() -> None:
+    enricher = make(cache_size=2)
+    referrer = "https://shop.example.com/"
+    pages = ["https://shop.example.com/a", "https://shop.example.com/b"]
+    for page in [*pages, pages[0], "https://shop.example.com/c", "https://other.example/"]:
+        run(enricher, referrer, page)
+    stats = enricher._page_host.cache_info()
+    # a page that cannot contain the referrer's host is never parsed, so never cached
+    assert (stats.hits, stats.misses, stats.currsize, stats.maxsize) == (1, 3, 2, 2)
+    long_page = "https://shop.example.com/" + "p" * 1100
+    assert info(enricher, referrer, long_page)[0] == "internal"
+    assert enricher._page_host.cache_info().currsize == 2  # long pages bypass the cache
+    enricher.close()
+    assert enricher._page_host.cache_info().currsize == 0
+
+
+def test_cached_and_uncached_results_are_identical() -> None:
+    cached, uncached = make(), make(cache_size=0)
+    events = traffic(3000)
+    odd_pages = [
+        "HTTPS://WWW.Shop.Example.COM./x",
+        "https://user@shop.example.com:8080/",
+        "//shop.example.com",
+        "https://[::1]/",
+        "https://xn--bcher-kva.example/",
+        "https://bücher.example/",
+    ]
+    for referrer in ["https://shop.example.com/", "https://www.bücher.example/", "http://[::1]/"]:
+        for page in odd_pages + odd_pages:
+            events.append({"context": {"referrer": referrer, "page_url": page}})
+    copies = copy.deepcopy(events)
+    assert [cached.enrich(e) for e in events] == [uncached.enrich(e) for e in copies]
+    assert events == copies
+    assert cached._page_host.cache_info().hits > len(odd_pages)
+
+
 def test_existing_referrer_info_is_replaced(enricher: ReferrerEnricher) -> None:
     event = {"context": {"referrer": "https://t.co/", "referrer_info": {"junk": True}}}
     enricher.enrich(event)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import random
 import sys
 import time
 import uuid
@@ -18,15 +20,19 @@ from pipeline.core.records import RawMessage
 from pipeline.enrichers import EnricherContext, EnricherUnavailable, Outcome, enricher_type
 from pipeline.enrichers.user_agent import (
     DEVICE_KEYS,
+    RuleFinder,
     UserAgentConfig,
     UserAgentEnricher,
+    rust_reads_alike,
+    shared_rule_finder,
 )
 from pipeline.errors import TopologyError
 from pipeline.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-UAP_TESTS = SHARED / "ua" / "uap-core" / "tests"
+UAP_CORE = SHARED / "ua" / "uap-core"
+UAP_TESTS = UAP_CORE / "tests"
 
 CHROME_WIN = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -370,9 +376,10 @@ needs_uap = pytest.mark.skipif(
 
 def _corpus(name: str) -> list[str]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(UAP_TESTS / name, "rb") as fh:
+    with open(UAP_CORE / name, "rb") as fh:
         cases = yaml.load(fh, Loader=loader)["test_cases"]
-    return [case["user_agent_string"] for case in cases]
+    # An empty agent is no agent (SKIPPED, no device): test_no_user_agent_is_skipped...
+    return [case["user_agent_string"] for case in cases if case["user_agent_string"]]
 
 
 def _expected(ua: Any) -> dict[str, Any]:
@@ -400,12 +407,23 @@ def _expected(ua: Any) -> dict[str, Any]:
     }
 
 
+UAP_FILES = [
+    "tests/test_ua.yaml",
+    "tests/test_os.yaml",
+    "tests/test_device.yaml",
+    "test_resources/additional_os_tests.yaml",
+    "test_resources/firefox_user_agent_strings.yaml",
+    "test_resources/opera_mini_user_agent_strings.yaml",
+    "test_resources/podcasting_user_agent_strings.yaml",
+]
+
+
 @needs_uap
-@pytest.mark.parametrize("corpus", ["test_ua.yaml", "test_os.yaml", "test_device.yaml"])
+@pytest.mark.parametrize("corpus", UAP_FILES)
 def test_every_corpus_case_equals_user_agents(corpus: str) -> None:
-    """Every user agent of uap-core's corpus (18,213 cases): the enricher's device equals
-    user_agents.parse's. The reference parse runs first, so the enricher's own call of it is
-    served by ua-parser's small internal cache and the test costs about one parse per case."""
+    """Every user agent of uap-core's corpus and test resources (18,826 non-empty cases, 18,411
+    distinct): the enricher's device equals user_agents.parse's (with ua-parser-rs installed,
+    the enricher does not call it: see test_the_fast_path_is_in_use)."""
     import user_agents
 
     agents = _corpus(corpus)
@@ -421,3 +439,210 @@ def test_every_corpus_case_equals_user_agents(corpus: str) -> None:
         if device != expected:
             mismatches.append((agent, device, expected))
     assert not mismatches, f"{len(mismatches)} of {len(agents)} differ, e.g. {mismatches[:3]}"
+
+
+# ------------------------------------------- the ua-parser-rs fast path gives the same answers
+
+needs_rs = pytest.mark.skipif(
+    importlib.util.find_spec("ua_parser_rs") is None, reason="ua-parser-rs is not installed"
+)
+
+# uap-core agents (test_ua.yaml) with a bot word past the 100th character. ua-parser-rs widens
+# the device rule ^.{0,100}(bot|...|crawler|...) to ^.*(...), so its own answer
+# (ua_parser.parse) is a Spider device; Python's re, and so user_agents, says Other.
+WIDENED_BY_RS = [
+    (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Ubuntu "
+        "Chromium/61.0.3163.100 Chrome/61.0.3163.100 Safari/537.36 PingdomPageSpeed/1.0 "
+        "(pingbot/2.0; +http://www.pingdom.com/)"
+    ),
+    (
+        "Mozilla/5.0 (X11; Linux i686) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/30.0.1599.101 Safari/537.36; SSL-Crawler: http://crawler.dcsec.uni-hannover.de"
+    ),
+    (
+        "Mozilla/5.0 (Windows; U; Windows NT 5.1; en-US; rv:1.9.2.13) Gecko/20101203 "
+        "Firefox/3.6.13 (.NET CLR 1.1.4322; .NET CLR 2.0.50727; .NET CLR 3.0.4506.2152; .NET "
+        "CLR 3.5.30729; msnbot/2.1) Jakarta Commons-HttpClient/3.0"
+    ),
+]
+
+
+def _reference(agent: str) -> dict[str, Any]:
+    import user_agents
+
+    return _expected(user_agents.parse(agent))
+
+
+@needs_rs
+def test_the_fast_path_is_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ua-parser-rs installed, a new agent is answered without ua-parser's full scan."""
+    from ua_parser import user_agent_parser
+
+    def full_scan(*args: Any) -> None:
+        raise AssertionError("the legacy full scan ran")
+
+    monkeypatch.setattr(user_agent_parser, "Parse", full_scan)
+    enricher = make()
+    assert "parser=ua-parser-rs" in repr(enricher)
+    agent = IPHONE + " fast-path-check"
+    assert device_of(enricher, agent)[1] == device_of(enricher, IPHONE)[1]
+
+
+@needs_rs
+def test_where_ua_parser_rs_itself_differs_the_enricher_does_not() -> None:
+    import ua_parser
+
+    enricher = make(cache_size=0)
+    for agent in WIDENED_BY_RS:
+        expected = _reference(agent)
+        assert expected["device_family"] == "Other"
+        assert device_of(enricher, agent)[1] == expected
+    # ua-parser-rs's own answer: why it only finds the rule here, and Python's re decides
+    rs_devices = {ua_parser.parse(agent).with_defaults().device.family for agent in WIDENED_BY_RS}
+    assert rs_devices == {"Spider"}, "ua-parser-rs no longer widens: the note in user_agent.py"
+
+
+def _variants(count: int, seed: int) -> list[str]:
+    """Agents built to hit what the engines do differently: long agents, padding that pushes a
+    rule's text past a bounded repetition (100, 200, 300 characters), bot words anywhere."""
+    rng = random.Random(seed)
+    bases = [CHROME_WIN, IPHONE, IPAD, ANDROID_PHONE, ANDROID_TABLET, GOOGLEBOT, *WIDENED_BY_RS]
+    words = [
+        "bot",
+        "Googlebot/2.1",
+        "crawler",
+        "spider",
+        "Mobile",
+        "Android 10; K",
+        "iPhone",
+        "Tablet",
+        "CFNetwork/1.0 Darwin/20.0.0",
+        "Windows NT 10.0",
+        "Build/",
+        " PTST/12",
+    ]
+    alphabet = "abcdefghij ;/.-()0123456789ABCDEFG"
+
+    def filler(length: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(length))
+
+    agents = []
+    for _ in range(count):
+        base = rng.choice(bases)
+        at = rng.randrange(len(base) + 1)
+        roll = rng.random()
+        if roll < 0.35:
+            pad = filler(rng.choice([60, 99, 100, 101, 150, 199, 200, 201, 299, 301, 400]))
+            agents.append(base[:at] + pad + base[at:])
+        elif roll < 0.7:
+            agents.append(base[:at] + " " + rng.choice(words) + " " + base[at:])
+        else:
+            agents.append(filler(rng.choice([90, 110, 210, 310])) + rng.choice(words))
+    return agents
+
+
+@needs_rs
+def test_agents_built_to_differ_get_user_agents_answers() -> None:
+    enricher = make(cache_size=0)
+    mismatches = [
+        (agent, device)
+        for agent in _variants(300, seed=2024)
+        if (device := device_of(enricher, agent)[1]) != _reference(agent)
+    ]
+    assert not mismatches, mismatches[:3]
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "Mozilla/5.0 (compatible) PTST/220609\n",  # Python's $ matches before a final newline
+        "Mozilla/5.0 (Linux; Android \u0663; K) AppleWebKit/537.36 Chrome/131.0.0.0 Mobile",
+        "Mozilla/5.0 (Windows NT 10.0)\x1cGooglebot/2.1",  # \s is wider in Python
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Version/18.1 Safari caf\u00e9",
+    ],
+)
+def test_agents_that_are_not_printable_ascii_get_user_agents_answers(agent: str) -> None:
+    assert device_of(make(cache_size=0), agent)[1] == _reference(agent)
+
+
+def test_a_trailing_newline_matters_as_in_user_agents() -> None:
+    """The case that makes non-printable agents take user_agents' path: a rule ending in $."""
+    agent = "Mozilla/5.0 (compatible) PTST/220609"
+    assert device_of(make(cache_size=0), agent + "\n")[1]["device_family"] == "Spider"
+    assert _reference(agent + "\n")["device_family"] == "Spider"
+    if importlib.util.find_spec("ua_parser_rs") is not None:
+        # Rust's $ does not match there: asked, it would find no device rule at all
+        assert shared_rule_finder()._find_device(agent + "\n") is None
+        assert shared_rule_finder()._find_device(agent) is not None
+
+
+@pytest.fixture
+def without_shared_finder() -> Any:
+    shared_rule_finder.cache_clear()
+    yield
+    shared_rule_finder.cache_clear()
+
+
+def test_without_ua_parser_rs_user_agents_parses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, without_shared_finder: Any
+) -> None:
+    fast = [device_of(make(cache_size=0), agent)[1] for agent in (CHROME_WIN, *WIDENED_BY_RS)]
+    shared_rule_finder.cache_clear()
+    monkeypatch.setitem(sys.modules, "ua_parser_rs", None)  # "import ua_parser_rs" raises
+    with caplog.at_level("WARNING", logger="pipeline.enrichers.user_agent"):
+        enricher = make(cache_size=0)
+    assert "parser=user-agents" in repr(enricher)
+    assert "pip install ua-parser-rs" in caplog.text
+    assert [device_of(enricher, agent)[1] for agent in (CHROME_WIN, *WIDENED_BY_RS)] == fast
+
+
+@needs_rs
+def test_rules_rust_may_read_differently_are_left_to_python(
+    monkeypatch: pytest.MonkeyPatch, without_shared_finder: Any
+) -> None:
+    """A rule the check cannot vouch for (here: non-ASCII, an inline flag) goes to Rust as a
+    pattern that matches everything, so Python's re decides it: the answers stay exact."""
+    from ua_parser import user_agent_parser
+
+    rules = [
+        user_agent_parser.UserAgentParser("(Caf\u00e9)/(\\d+)"),
+        user_agent_parser.UserAgentParser("(?i)(zzbrowser)/(\\d+)"),
+        *user_agent_parser.USER_AGENT_PARSERS,
+    ]
+    monkeypatch.setattr(user_agent_parser, "USER_AGENT_PARSERS", rules)
+    finder = RuleFinder()
+    assert finder.python_decides == 2
+    enricher = make(cache_size=0)
+    for agent in ("Caf\u00e9/3", "ZZBrowser/5 (Windows NT 10.0)", IPHONE, GOOGLEBOT):
+        assert device_of(enricher, agent)[1] == _reference(agent)
+    assert device_of(enricher, "ZZBrowser/5")[1]["browser_family"] == "ZZBrowser"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "alike"),
+    [
+        ("(Chrome)/(\\d+)\\.(\\d+)", True),
+        ("^.{0,100}(bot|crawler)", True),  # widened by ua-parser-rs: matches more, never less
+        ("[A-Za-z0-9 \\-_\\!\\[\\]:]{0,50}", True),
+        ("[]a]b", True),
+        ("a--b", True),
+        ("caf\u00e9", False),
+        ("(?i)x", False),
+        ("(?=x)", False),
+        ("(a)\\1", False),
+        ("x\\Z", False),
+        ("x{,5}", False),
+        ("[[a]", False),
+        ("[a-z&&b]", False),
+        ("[a--]", False),
+    ],
+)
+def test_which_patterns_rust_reads_alike(pattern: str, alike: bool) -> None:
+    assert rust_reads_alike(pattern) is alike
+
+
+@needs_rs
+def test_one_rule_finder_per_process(without_shared_finder: Any) -> None:
+    first, second = make(), make()
+    assert first._parse_ua is second._parse_ua is shared_rule_finder()

@@ -146,3 +146,45 @@ def test_embedded_processor_drops_resent_events(tmp_path: Path) -> None:
     ctx_ = processor.process(messages)
     ids = [orjson.loads(v)["event_id"] for t, _, v in ctx_.outputs]
     assert sorted(ids) == ["e1", "e2", "e3"]
+
+
+def ids(items: list[Item]) -> list[str]:
+    return [i.event["event_id"] for i in items]
+
+
+def test_mixed_batch_keeps_partition_order_and_first_sightings() -> None:
+    # Partition 2 has no duplicate (decided in one step), partitions 0 and 1 have (event by
+    # event): both give events grouped by partition, in the order each partition first appears.
+    store = MemoryDedupeStore()
+    store.remember(1, [(b"i:e9", NOW_MS + 1000), (b"i:e8", NOW_MS - 1)])  # e9 held, e8 expired
+    stage = DedupeStage("dedupe", DedupeConfig(on_duplicate="topic", topic="dups"), store=store)
+    c = ctx()
+    batch = [
+        item(ev(1), partition=1),
+        item(ev(2), partition=0),
+        item(ev(9), partition=1),
+        item(ev(5), partition=2),
+        item(ev(3), partition=0),
+        item(ev(8), partition=1),
+        item(ev(2), partition=0),
+        item(ev(4), partition=2),
+    ]
+    kept = stage.process(batch, c)
+    assert ids(kept) == ["e1", "e8", "e2", "e3", "e5", "e4"]
+    assert [orjson.loads(v)["event_id"] for _, _, v in c.outputs] == ["e9", "e2"]
+    assert c.counters[("dedupe", "duplicate")] == 2
+    assert c.counters[("dedupe", "unique")] == 6
+    expires = NOW_MS + 86_400_000
+    assert store.seen(1, [b"i:e1", b"i:e8", b"i:e9"], NOW_MS) == [True, True, True]
+    assert store._partitions[1][b"i:e8"] == expires
+    assert list(store._partitions[0].items()) == [(b"i:e2", expires), (b"i:e3", expires)]
+    assert list(store._partitions[2].items()) == [(b"i:e5", expires), (b"i:e4", expires)]
+
+
+def test_memory_store_seen_tells_held_expired_and_new_keys_apart() -> None:
+    store = MemoryDedupeStore()
+    assert store.seen(0, [b"a", b"b"], now_ms=15) == [False, False]
+    store.remember(0, [(b"old", 10), (b"live", 20)])
+    assert store.seen(0, [b"new", b"other"], now_ms=15) == [False, False]
+    assert store.seen(0, [b"new", b"old", b"live"], now_ms=15) == [False, False, True]
+    assert store.seen(1, [b"live"], now_ms=15) == [False]

@@ -387,3 +387,26 @@ def test_an_event_too_large_for_kafka_is_dead_lettered_not_sent() -> None:
     assert record["reason"] == "output_too_large" and record["stage"] == "route"
     assert record["source"]["offset"] == 7
     assert len(ctx.outputs[1][1]) + len(ctx.outputs[1][2]) <= RECORD_SIZE_LIMIT
+
+
+# ------------------------------------------------------------------ equality without _same
+# eq/ne against a boolean or a string skip the _same call; they must answer exactly as _same.
+
+FOUND = [True, False, 1, 0, 1.0, 0.0, -0.0, 2.5, "x", "1", "true", "", None, [1], {"a": 1}, [], {}]
+FOUND += [b"true".decode(), b"x".decode()]  # equal strings that are other objects
+
+
+@pytest.mark.parametrize("op", ["eq", "ne"])
+@pytest.mark.parametrize("value", [True, False, "x", "1", "true", "", 1, 0, 1.0, 0.0, 2.5, [1], {"a": 1}])
+@pytest.mark.parametrize("field", ["a", "a.b", "a.b.c", "a.b.c.d"])
+def test_equality_predicates_answer_as_same(op: str, value: Any, field: str) -> None:
+    from pipeline.stages.route import _MISSING, Predicate, _compile_predicate, _same
+
+    predicate = _compile_predicate(Predicate(field=field, op=op, value=value))
+    parts = field.split(".")
+    for found in [*FOUND, _MISSING]:
+        event: dict[str, Any] = {} if found is _MISSING else {parts[-1]: found}
+        for part in reversed(parts[:-1]):
+            event = {part: event}
+        same = found is not _MISSING and _same(found, value)
+        assert predicate(event) is (same if op == "eq" else not same), (found, value)

@@ -559,6 +559,35 @@ def test_iso_milliseconds_are_exact() -> None:
     )
 
 
+def test_parse_timestamp_takes_exact_types_first_and_subclasses_as_before() -> None:
+    from pipeline.stages.validate import _Invalid
+
+    # int and str are tested by exact type first; subclasses and booleans take the isinstance
+    # checks behind them, with the same results as exact types (booleans are refused).
+    class Millis(int):
+        pass
+
+    class Text(str):
+        pass
+
+    zulu = "2004-03-15T07:55:47.472Z"
+    assert parse_timestamp(1_079_337_347_472) == 1_079_337_347_472
+    assert parse_timestamp(Millis(1_079_337_347_472)) == 1_079_337_347_472
+    assert parse_timestamp(zulu) == parse_timestamp(Text(zulu)) == 1_079_337_347_472
+    assert parse_timestamp(f"  {zulu} ") == 1_079_337_347_472
+    for value, words in [
+        (True, "boolean"),
+        (Text("2004-03-15T07:55:47"), "no UTC offset"),
+        ("2004_03-15T07:55:47Z", "neither"),
+        ("20040315T075547Z", "neither"),
+        ("2004-03-15T07:55:47.472Z" + "0" * 20, "neither"),  # longer than 40 characters
+    ]:
+        with pytest.raises(_Invalid) as raised:
+            parse_timestamp(value)
+        assert raised.value.reason == Reason.BAD_TIMESTAMP
+        assert words in raised.value.detail
+
+
 def test_timestamp_window_edges(processor: Processor) -> None:
     skew_ms = 5 * MINUTE_MS
     age_ms = 30 * DAY_MS
