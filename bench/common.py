@@ -113,9 +113,19 @@ class Watermarks:
     outputs are read once, after the phase, so the harness costs little CPU while it measures).
     """
 
-    def __init__(self, topics: list[str]) -> None:
+    def __init__(self, topics: list[str], wait_s: float = 30.0) -> None:
         self._consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "bench-watermarks"})
-        metadata = self._consumer.list_topics(timeout=10)
+        # Topics created a moment ago can be missing from the metadata for a while (seen right
+        # after a broker start): wait for them rather than fail the run.
+        deadline = time.monotonic() + wait_s
+        while True:
+            metadata = self._consumer.list_topics(timeout=10)
+            missing = [t for t in topics if t not in metadata.topics or not metadata.topics[t].partitions]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics not in the broker's metadata after {wait_s:.0f}s: {missing}")
+            time.sleep(0.5)
         self.partitions = [
             TopicPartition(t, p) for t in topics for p in sorted(metadata.topics[t].partitions)
         ]
