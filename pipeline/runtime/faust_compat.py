@@ -201,21 +201,25 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         """Faust's seek to the committed offsets at the end of an assignment's recovery: from
         here on, the batch partitions are read and processed (``_seek_pending``)."""
-        assignment_epoch = self._assignment_epoch
-        # Dropped before the seek: the seek puts them back.
-        self._dropped_while_pending.clear()
-        await self._seek_to_resume()
-        if self._assignment_epoch != assignment_epoch:
-            return  # a newer rebalance began meanwhile: its own seek ends the wait
-        self._seek_pending = False
-        # Dropped while the seek ran: fetched after it (Faust resumes the partitions first), so
-        # the positions moved past them again. Seen: a restarted worker's partition sought to
-        # its committed offset, then its whole backlog fetched and dropped, and never read.
-        dropped, self._dropped_while_pending = self._dropped_while_pending, set()
-        if dropped:
-            await self._read_again(dropped)
+        await self._seek_to_resume(ending_recovery_of=self._assignment_epoch)
 
-    async def _seek_to_resume(self) -> None:
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Faust's fetch, without the batch partitions while an assignment waits for its seek.
+
+        aiokafka moves a partition's position past the records it returns, so records returned
+        and dropped (``_drop_until_seeked``) would have to be sought back; records never asked
+        for stay in aiokafka's buffer and its position does not move. The changelog partitions
+        the recovery reads are still fetched.
+        """
+        if self._seek_pending and active_partitions:
+            batch_topics = self.batch_topics
+            active_partitions = {tp for tp in active_partitions if tp.topic not in batch_topics}
+            if not active_partitions:
+                await asyncio.sleep(min(timeout, 0.1))  # as Faust does with nothing to fetch
+                return {}
+        return await super()._getmany(active_partitions, timeout)
+
+    async def _seek_to_resume(self, *, ending_recovery_of: int | None = None) -> None:
         """Seek the batch partitions to where their undelivered records start, first
         committing what was already delivered.
 
@@ -226,6 +230,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """
         async with self._handover_lock:
             self._fetch_epoch += 1
+            if ending_recovery_of is not None:
+                self._dropped_while_pending.clear()  # the seeks below put these back
             await self._commit_deliveries()
             await super().perform_seek()
             committed = self._committed_offset
@@ -235,7 +241,22 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 # without is not moved, and may be past records dropped unprocessed.
                 if target is None or committed.get(tp) != target:
                     await self._seek_to_resume_offset(tp, target)
-            # Records fetched while the seek was under way may still be from before it.
+            if ending_recovery_of is not None and ending_recovery_of == self._assignment_epoch:
+                # (A newer rebalance began meanwhile otherwise: its own seek ends the wait.)
+                self._seek_pending = False
+                # Records dropped while the seeks above ran (fetched after them: Faust resumes
+                # the partitions first) moved the positions past them again. Seen: a restarted
+                # worker's partition sought to its committed offset, then its whole backlog
+                # fetched, dropped and never read. Sought back here, under the hand-over lock:
+                # outside it, a batch fetched from the moved position was delivered before the
+                # seek, and its records were then read and sent again (seen in CI, exactly-once
+                # mode: a dead letter twice).
+                dropped, self._dropped_while_pending = self._dropped_while_pending, set()
+                assignment = set(self._batch_assignment())
+                for tp in dropped & assignment:
+                    await self._seek_to_resume_offset(tp, self._resume_offset(tp))
+            # Records fetched while the seek was under way may still be from before it: any
+            # batch of them waiting for this lock is discarded and read again.
             self._fetch_epoch += 1
 
     def _batch_assignment(self) -> list[TP]:

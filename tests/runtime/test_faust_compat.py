@@ -17,7 +17,7 @@ import faust.transport.drivers.aiokafka
 import pytest
 from faust.sensors.monitor import Monitor
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
@@ -41,6 +41,11 @@ UPSTREAM_DIGESTS = {
     (Recovery, "_resume_streams"): "d986a6710c1aca98",
     # Returns ({TP: [ConsumerRecord]}, active partitions): the batch we hand over.
     (Consumer, "_wait_next_records"): "6218e1969a636b3f",
+    # Fetches only the partitions asked for: we leave the batch partitions out until the seek
+    # that ends an assignment's recovery.
+    (ThreadDelegateConsumer, "_getmany"): "f9d47aa9010b5ff2",
+    # Marks every assigned partition active before the app pauses them for the recovery.
+    (Consumer, "on_partitions_assigned"): "29ce96596f05a18c",
     # Commits only assigned TPs, flushes Faust's producer, updates _committed_offset.
     (Consumer, "_commit_offsets"): "1a69799041188441",
     # Iterates the keys of _acked: we register batch TPs there.
@@ -572,3 +577,25 @@ def test_records_dropped_while_the_seek_runs_are_read_again_after_it(consumer: B
     assert seeks == [-1, 2112], "sought back once more, after the seek"
     assert not consumer._seek_pending and consumer._dropped_while_pending == set()
     assert consumer._read_offset[tp] == 2112
+
+
+def test_batch_partitions_are_not_fetched_until_the_seek(consumer: BatchConsumer) -> None:
+    # aiokafka moves a position past the records it returns: never asked for, they stay put.
+    consumer.use_batches(["raw"], _Handler())
+    raw, changelog = TP("raw", 0), TP("changelog", 0)
+    asked: list[set[TP] | None] = []
+
+    class Thread:
+        async def getmany(self, active_partitions, timeout):  # type: ignore[no-untyped-def]
+            asked.append(set(active_partitions))
+            return {}
+
+    consumer._thread = Thread()  # type: ignore[assignment]
+    consumer._seek_pending = True
+    asyncio.run(consumer._getmany({raw, changelog}, 1.0))
+    assert asked == [{changelog}], "the recovery's changelog only"
+    asyncio.run(consumer._getmany({raw}, 0.01))
+    assert asked == [{changelog}], "nothing to fetch: not even called"
+    consumer._seek_pending = False
+    asyncio.run(consumer._getmany({raw, changelog}, 1.0))
+    assert asked[-1] == {raw, changelog}
