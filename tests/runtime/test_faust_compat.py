@@ -514,18 +514,24 @@ async def _noop(*_args: object, **_kwargs: object) -> None:
     return None
 
 
+def _one_partition_sought_by(consumer: BatchConsumer, tp: TP, seek_to_committed: Any) -> None:
+    """One batch partition assigned; Faust's seek to the committed offsets (it needs a broker)
+    replaced by ``seek_to_committed``, its commits by ``_record_commits``."""
+    consumer.use_batches([tp.topic], _Handler())
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    _record_commits(consumer, tp)
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
 def test_a_partition_without_committed_offset_restarts_at_its_beginning(consumer: BatchConsumer) -> None:
     # Faust's seek does not move it; records dropped while waiting for the seek moved the fetch
     # position on: nothing of it was processed in this assignment, so from the beginning.
-    consumer.use_batches(["raw"], _Handler())
     tp = TP("raw", 0)
-    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
-    _record_commits(consumer, tp)
 
     async def seek_to_committed() -> dict[TP, int]:
         return {tp: None}  # type: ignore[dict-item]
 
-    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    _one_partition_sought_by(consumer, tp, seek_to_committed)
     to_beginning: list[object] = []
     consumer._thread = _FakeThread(  # type: ignore[assignment]
         lambda tp, offset: pytest.fail("no seek to an offset"), to_beginning.append
@@ -537,17 +543,14 @@ def test_a_partition_without_committed_offset_restarts_at_its_beginning(consumer
 
 
 def test_a_rebalance_during_the_seek_keeps_batches_waiting(consumer: BatchConsumer) -> None:
-    consumer.use_batches(["raw"], _Handler())
     tp = TP("raw", 0)
-    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
-    _record_commits(consumer, tp)
 
     async def seek_to_committed() -> dict[TP, int]:
         consumer._assignment_epoch += 2  # revoked and assigned again meanwhile
         consumer._committed_offset[tp] = 7
         return {tp: 7}
 
-    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    _one_partition_sought_by(consumer, tp, seek_to_committed)
     consumer._thread = _FakeThread(lambda tp, offset: None)  # type: ignore[assignment]
     consumer._seek_pending = True
     asyncio.run(consumer.perform_seek())
@@ -557,14 +560,8 @@ def test_a_rebalance_during_the_seek_keeps_batches_waiting(consumer: BatchConsum
 def test_records_dropped_while_the_seek_runs_are_read_again_after_it(consumer: BatchConsumer) -> None:
     # Faust resumes the partitions before its seek: a fetch right after the seek returns the
     # backlog, still dropped (the seek has not finished), and the position is past it again.
-    consumer.use_batches(["raw"], _Handler())
     tp = TP("raw", 0)
-    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
-    consumer._seek_pending = True
-    _record_commits(consumer, tp)
     seeks: list[int] = []
-    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
-    consumer._drop_until_seeked({tp: [_Record(2000)]})  # before the seek: the seek covers it
 
     async def seek_to_committed() -> dict[TP, int]:
         consumer._committed_offset[tp] = 2112
@@ -572,7 +569,10 @@ def test_records_dropped_while_the_seek_runs_are_read_again_after_it(consumer: B
         consumer._drop_until_seeked({tp: [_Record(2112), _Record(4265)]})  # right after it
         return {tp: 2112}
 
-    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    _one_partition_sought_by(consumer, tp, seek_to_committed)
+    consumer._seek_pending = True
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append(offset))  # type: ignore[assignment]
+    consumer._drop_until_seeked({tp: [_Record(2000)]})  # before the seek: the seek covers it
     asyncio.run(consumer.perform_seek())
     assert seeks == [-1, 2112], "sought back once more, after the seek"
     assert not consumer._seek_pending and consumer._dropped_while_pending == set()
