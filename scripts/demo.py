@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sizes(settings: Settings, topics: list[str], *, attempts: int = 30) -> dict[str, int]:
     """Messages per topic. Retries for a while: just after the broker starts (or a topic is
-    created) a partition can briefly have no leader."""
+    created) a partition can briefly have no leader, or the topic be missing from the metadata."""
     for attempt in range(attempts):
         metadata = admin_client(settings).list_topics(timeout=10)
         consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "demo-probe"})
@@ -40,7 +40,7 @@ def sizes(settings: Settings, topics: list[str], *, attempts: int = 30) -> dict[
                 )
                 for t in topics
             }
-        except KafkaException:
+        except (KafkaException, KeyError):
             if attempt == attempts - 1:
                 raise
             time.sleep(1)
