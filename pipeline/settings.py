@@ -316,7 +316,11 @@ class Settings:
     delivery timeout (120 s) fails no batch at all."""
     commit_interval_s: float = 1.0
     """How often delivered offsets are committed."""
-    producer_linger_ms: int = 5
+    producer_linger_ms: int = 1
+    """How long librdkafka waits to fill a produce request. A batch's outputs are enqueued all at
+    once and then waited for, so a longer linger only delays the last request of each batch:
+    measured at half rate, 5 ms → 1 ms took p50 latency from 109 to 82-91 ms at the same
+    events/s and CPU per event."""
     log_level: str = "info"
     group_id: str | None = None
     """Consumer group / Faust app id; default ``pipeline-<topology name>``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -44,6 +45,23 @@ class PreparedBatch:
     """(store, its staged changes): dedupe tables and the aggregates' table."""
 
 
+@dataclass(slots=True)
+class _Unsettled:
+    """A delivered batch whose state changes are produced but not acknowledged yet."""
+
+    batch: PreparedBatch
+    offsets: Mapping[Any, int]
+
+
+@dataclass(slots=True)
+class Delivered:
+    """What a delivery made safe: every output and state change before ``offsets`` (TP → next
+    offset) is acknowledged; ``committed``: they were committed with it (exactly once)."""
+
+    offsets: dict[Any, int]
+    committed: bool
+
+
 class TopologyAgent:
     """Runs the topology's stages on each fetched batch and delivers the outputs.
 
@@ -67,6 +85,10 @@ class TopologyAgent:
         self.dropped: Counter[str] = Counter()
         """Events removed on purpose (or forwarded for repartitioning), by stage:outcome."""
         self._last_report = (time.monotonic(), 0)
+        self._unsettled: _Unsettled | None = None
+        # deliver() and settle() never overlap: a settle may come from a rebalance callback
+        # while a batch is being delivered.
+        self._delivery_lock = asyncio.Lock()
 
     def prepare(self, messages: Sequence[SourceMessage]) -> PreparedBatch:
         try:
@@ -139,53 +161,124 @@ class TopologyAgent:
         for store, staged in batch.state:
             store.unstage(staged)
 
+    def unsettled_offsets(self) -> Mapping[Any, int]:
+        """The offsets of the delivered batch whose state changes are not acknowledged yet (at
+        least once: see ``deliver``); empty when there is none."""
+        unsettled = self._unsettled
+        return unsettled.offsets if unsettled is not None else {}
+
     async def deliver(
         self,
         batch: PreparedBatch,
         offsets: Mapping[Any, int] | None = None,
         group_metadata: Callable[[], bytes] | None = None,
-    ) -> bool:
-        """Send the batch; True when its offsets were committed with it (exactly once)."""
-        # State changes reach the local store only once they and the outputs are acknowledged
-        # (state.py explains why).
-        started = time.perf_counter()
+    ) -> Delivered:
+        """Send the batch; returns the offsets that are now safe to commit.
+
+        A batch's state changes reach the local store only once they and its outputs are
+        acknowledged (state.py explains why).
+        """
+        async with self._delivery_lock:
+            if self.output.transactional:
+                await self._deliver_in_transaction(batch, offsets or {}, group_metadata)
+                return Delivered(dict(offsets or {}), committed=True)
+            return await self._deliver_at_least_once(batch, dict(offsets or {}))
+
+    async def _deliver_in_transaction(
+        self,
+        batch: PreparedBatch,
+        offsets: Mapping[Any, int],
+        group_metadata: Callable[[], bytes] | None,
+    ) -> None:
+        # Exactly once: outputs, state and offsets in one transaction (output.py).
         output = self.output
+        started = time.perf_counter()
         try:
-            if output.transactional:
-                # Exactly once: outputs, state and offsets in one transaction (output.py).
-                output.begin()
-                for store, staged in batch.state:
-                    store.produce_staged(staged)
-                await output.send_batch(
-                    batch.ctx.outputs,
-                    offsets={(tp.topic, tp.partition): o for tp, o in (offsets or {}).items()},
-                    metadata=group_metadata() if offsets and group_metadata else None,
-                )
-            else:
-                # At least once: the outputs first, the state only once they are acknowledged.
-                # The other order could leave the changelog ahead of the outputs when a
-                # delivery fails or the worker dies: after a restart the dedupe table would
-                # then drop those events as duplicates, and they would be lost. This order can
-                # only repeat them.
-                await output.send_batch(batch.ctx.outputs)
-                if any(staged for _, staged in batch.state):
-                    for store, staged in batch.state:
-                        store.produce_staged(staged)
-                    await output.send_batch(())
-        except DeliveryFailed as exc:
-            if self.metrics is not None:
-                self.metrics.record_delivery(time.perf_counter() - started, failed_messages=exc.failed)
-            output.abort()
+            output.begin()
+            for store, staged in batch.state:
+                store.produce_staged(staged)
+            await output.send_batch(
+                batch.ctx.outputs,
+                offsets={(tp.topic, tp.partition): o for tp, o in offsets.items()},
+                metadata=group_metadata() if offsets and group_metadata else None,
+            )
+        except Exception as exc:
+            self._record_delivery(started, exc)
+            output.abort()  # also when a changelog record could not be produced
             raise
-        except Exception:
-            output.abort()  # e.g. a changelog record could not be produced
+        self._record_delivery(started, None)
+        self._apply(batch)
+
+    async def _deliver_at_least_once(self, batch: PreparedBatch, offsets: dict[Any, int]) -> Delivered:
+        """The outputs first, the state changes only once they are acknowledged.
+
+        The other order could leave the changelog ahead of the outputs when a delivery fails or
+        the worker dies: after a restart the dedupe table would then drop those events as
+        duplicates, and they would be lost. This order can only repeat them.
+
+        Waiting for the state changes before the next batch would cost every batch a second
+        round trip, spent with the event loop idle. So a batch's changelog records are produced
+        once its outputs are acknowledged, and acknowledged together with the *next* batch's
+        outputs (or by ``settle`` when no batch follows): one wait per batch. Its offsets count
+        as delivered, and are committed, only then; until then its keys stay in the stores'
+        overlays, where later batches see them.
+        """
+        previous, self._unsettled = self._unsettled, None
+        started = time.perf_counter()
+        try:
+            # Also acknowledges the previous batch's changelog records, produced before these.
+            await self.output.send_batch(batch.ctx.outputs)
+        except Exception as exc:
+            self._record_delivery(started, exc)
+            if previous is not None:
+                # Which messages failed is not known: the previous batch's records are read
+                # again too (the consumer seeks to before both), and its state is staged again.
+                self.discard(previous.batch)
             raise
-        if self.metrics is not None:
-            self.metrics.record_delivery(time.perf_counter() - started)
+        self._record_delivery(started, None)
+        delivered: dict[Any, int] = {}
+        if previous is not None:
+            self._apply(previous.batch)
+            delivered.update(previous.offsets)
+        if any(staged for _, staged in batch.state):
+            # The outputs are acknowledged: their state changes may go out now.
+            for store, staged in batch.state:
+                store.produce_staged(staged)
+            self._unsettled = _Unsettled(batch, offsets)
+        else:
+            self._apply(batch)
+            delivered.update(offsets)  # later than the previous batch's: they win
+        return Delivered(delivered, committed=False)
+
+    async def settle(self) -> dict[Any, int]:
+        """Wait until the last delivered batch's state changes are acknowledged, and return its
+        offsets (none when every delivered batch is settled). If they fail, its state is
+        staged again when its records are read again, and this raises."""
+        async with self._delivery_lock:
+            unsettled, self._unsettled = self._unsettled, None
+            if unsettled is None:
+                return {}
+            try:
+                await self.output.send_batch(())
+            except Exception:
+                self.discard(unsettled.batch)
+                raise
+            self._apply(unsettled.batch)
+            return dict(unsettled.offsets)
+
+    def _apply(self, batch: PreparedBatch) -> None:
         for store, staged in batch.state:
             store.apply(staged)
             store.after_delivery()
-        return output.transactional
+
+    def _record_delivery(self, started: float, exc: Exception | None) -> None:
+        if self.metrics is None:
+            return
+        seconds = time.perf_counter() - started
+        if isinstance(exc, DeliveryFailed):
+            self.metrics.record_delivery(seconds, failed_messages=exc.failed)
+        elif exc is None:
+            self.metrics.record_delivery(seconds)
 
     def report(self) -> str:
         now = time.monotonic()

@@ -12,21 +12,23 @@ to one async handler instead of delivering message by message. Every other topic
 standbys, other agents) still goes through Faust's per-message path unchanged.
 
 Pipelining: a batch is handled in two steps, ``prepare`` (the stages: CPU work on the event loop
-thread) and ``deliver`` (produce, then wait for the broker's acknowledgements, which releases the
-GIL). Batch k+1 is prepared while batch k is being delivered, so the CPU is not idle while the
+thread) and ``deliver`` (produce, then wait for the broker's acknowledgements without blocking
+the loop). Batch k+1 is prepared while batch k is being delivered, so the CPU is not idle while the
 broker acknowledges. At most one batch is in flight: batch k+1's outputs are produced only after
 batch k is acknowledged, so deliveries complete, and offsets advance, in batch order.
 
-Offsets: a batch topic's partition becomes committable at ``last offset + 1`` only after the
-batch's delivery completes, i.e. after every output and state record of the batch is
-acknowledged by the broker. Faust's commit machinery then commits it (``_new_offset`` below). The
+Offsets: a batch topic's partition becomes committable at ``last offset + 1`` only after every
+output and state record of the batch is acknowledged by the broker. At least once, the state
+records are acknowledged with the next batch (``TopologyAgent.deliver``), so ``deliver`` returns
+the offsets it made safe, and ``_settle_state`` waits for the last batch's state on its own
+before a commit, a seek or a discard, and while no record comes. Faust's commit machinery then commits it (``_new_offset`` below). The
 delivery in flight is shielded from the fetcher's cancellation and awaited by ``wait_empty()``, so
 a rebalance or SIGTERM finishes, delivers and commits the batch in hand before letting go of the
 partitions.
 
 Failures: a batch whose stages or delivery fail never becomes committable. It is discarded
-(its staged state forgotten) and its records, and those of the batch prepared behind it, are
-read again after a back-off (1 s, 2 s, 4 s, ...). ``max_batch_failures`` failures in a row, or
+(its staged state forgotten) and its records, those of the batch prepared behind it and those
+of the batch before it whose state was not acknowledged yet, are read again after a back-off (1 s, 2 s, 4 s, ...). ``max_batch_failures`` failures in a row, or
 one the producer cannot recover from, end the fetch loop: ``/health`` fails and ``on_fatal``
 stops the worker with a non-zero exit status, rather than leaving a live process whose agent
 is dead.
@@ -69,13 +71,24 @@ class BatchHandler(Protocol):
 
     async def deliver(
         self, prepared: Any, offsets: Mapping[TP, int], group_metadata: Callable[[], bytes]
-    ) -> bool:
-        """Send a prepared batch's outputs and state; return once the broker has them all.
+    ) -> Any:
+        """Send a prepared batch's outputs and state; return once the broker has its outputs.
 
-        ``offsets``: the batch's next offsets. Returns True if it committed them itself, in
-        the same transaction as the outputs (exactly-once mode; ``group_metadata()`` names the
-        group member for that). Raises ``StaleBatch`` if the transaction was aborted because the
-        group rebalanced: the batch counts as not delivered and its records are read again."""
+        ``offsets``: the batch's next offsets. Returns what became safe to commit: ``.offsets``
+        (TP → next offset: every output and state change before them is acknowledged; at least
+        once, a batch's state is acknowledged with the next batch, so these are the previous
+        batch's) and ``.committed`` (True if committed with them, in the same transaction:
+        exactly-once mode; ``group_metadata()`` names the group member for that). Raises
+        ``StaleBatch`` if the transaction was aborted because the group rebalanced: the batch
+        counts as not delivered and its records are read again. On any other failure the batch
+        and the one in ``unsettled_offsets()`` count as not delivered."""
+
+    async def settle(self) -> Mapping[TP, int]:
+        """Wait until every delivered batch's state is acknowledged; the offsets that became
+        safe to commit. If it raises, the batch that was unsettled counts as not delivered."""
+
+    def unsettled_offsets(self) -> Mapping[TP, int]:
+        """The offsets of the delivered batch whose state is not acknowledged yet, if any."""
 
     def discard(self, prepared: Any) -> None:
         """Forget a prepared batch that will not be delivered (its records are read again)."""
@@ -336,7 +349,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         await self._commit_deliveries()
 
     async def _settle_inflight(self) -> None:
-        """Wait for the batch in flight; a failure stays for the drain loop to raise."""
+        """Wait for the batch in flight and its state; a failure stays for the drain loop to
+        raise."""
         inflight = self._inflight
         if inflight is not None and not inflight.done():
             self.log.info("Waiting for the batch in flight to be delivered...")
@@ -344,6 +358,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await asyncio.shield(inflight)
             except Exception:  # noqa: BLE001 - reported by the drain loop
                 pass
+        await self._settle_state()
 
     async def _commit_deliveries(self) -> None:
         """Commit every delivered batch (the one in flight included) of the assigned partitions."""
@@ -402,8 +417,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         if self.read_committed:
                             await self._skip_transaction_markers_in_recovery()
                         self.diag.unset_flag(CONSUMER_FETCHING)
-                        if not self.should_stop and self._idle_tick_due():
-                            await self._handle_idle(generation)
+                        if not self.should_stop:
+                            # No batch follows for now to acknowledge the last one's state.
+                            await self._settle_state()
+                            if self._idle_tick_due():
+                                await self._handle_idle(generation)
                         continue
                     if not self.flow_active:
                         # As Faust does: a rebalance (or shutdown) is under way; drop the records and
@@ -555,7 +573,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             prepared = handler.prepare_idle()
         except Exception as exc:  # noqa: BLE001 - counted and retried like a failed batch
-            await self._wait_inflight()
+            # Settled first: the state is rebuilt from what the delivered batches leave.
+            await self._settle_inflight()
             self._batch_failed(exc)
             return
         if prepared is not None:
@@ -648,8 +667,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self, handler: BatchHandler, prepared: Any, batch: Mapping[TP, list[Any]]
     ) -> None:
         offsets = {tp: tp_records[-1].offset + 1 for tp, tp_records in batch.items()}
+        # A failure also undoes the previous batch, if its state was still unacknowledged.
+        unsettled = list(handler.unsettled_offsets())
         try:
-            committed = await handler.deliver(prepared, offsets, self.group_metadata)
+            delivered = await handler.deliver(prepared, offsets, self.group_metadata)
         except StaleBatch as exc:
             self.log.info("%s; its records are read again", exc)
             handler.discard(prepared)
@@ -657,10 +678,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
             return
         except Exception as exc:  # noqa: BLE001 - not delivered: read again after a back-off
             handler.discard(prepared)
-            await self._read_again(batch, settle=False)
+            await self._read_again([*batch, *unsettled], settle=False)
             self._batch_failed(exc)
             return
         self.batch_failures = 0
+        self._mark_delivered(delivered.offsets, committed=delivered.committed)
+
+    def _mark_delivered(self, offsets: Mapping[TP, int], *, committed: bool) -> None:
+        """Every output and state change before these offsets is acknowledged."""
         assignment = self.assignment()
         for tp, offset in offsets.items():
             if tp in assignment:
@@ -673,6 +698,22 @@ class BatchConsumer(faust_aiokafka.Consumer):
             # stopped ("has not committed ... in a while").
             now = monotonic()
             self._thread.tp_last_committed_at.update({tp: now for tp in offsets if tp in assignment})
+
+    async def _settle_state(self) -> None:
+        """Wait until the last delivered batch's state is acknowledged too (at least once it is
+        acknowledged with the next batch: ``TopologyAgent.deliver``), so that its offsets count
+        as delivered. Before a commit, a seek, a discard, and while idle."""
+        handler = self.batch_handler
+        if handler is None:
+            return
+        unsettled = list(handler.unsettled_offsets())
+        try:
+            offsets = await handler.settle()
+        except Exception as exc:  # noqa: BLE001 - read again after a back-off, like a batch
+            await self._read_again(unsettled, settle=False)
+            self._batch_failed(exc)
+            return
+        self._mark_delivered(offsets, committed=False)
 
     def group_metadata(self) -> bytes:
         """This member of the consumer group (generation, member id), as a transactional

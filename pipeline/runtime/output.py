@@ -88,7 +88,7 @@ class OutputProducer:
         self,
         *,
         bootstrap_servers: str,
-        linger_ms: int = 5,
+        linger_ms: int = 1,
         extra: Mapping[str, str] | None = None,
         delivery_timeout_s: float = 120.0,
         transactional_id: str | None = None,

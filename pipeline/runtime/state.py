@@ -12,9 +12,10 @@ ahead of the batch's outputs:
 
 1. ``remember`` (while the stages run) only *stages* them: they go into an in-memory overlay that
    ``seen`` consults, so later events and batches see them at once.
-2. ``produce_staged`` (when the batch is delivered) enqueues their changelog records alongside
-   the batch's outputs; the worker waits until the broker has acknowledged all of them.
-3. ``apply`` (after that acknowledgement) writes them to the local store and drops them from the
+2. ``produce_staged`` (when the batch is delivered) enqueues their changelog records: at least
+   once right after the batch's outputs are acknowledged (and they are acknowledged with the
+   next batch's outputs: ``TopologyAgent.deliver``), exactly once in the batch's transaction.
+3. ``apply`` (after their acknowledgement) writes them to the local store and drops them from the
    overlay; only then are the batch's offsets committable.
 
 A crash at any point before step 3 leaves neither a local key nor a committed offset for the
@@ -23,8 +24,8 @@ the store first would be cheaper to reason about but wrong: with RocksDB the key
 ``kill -9`` while the outputs it stood for may not have.) A changelog record acknowledged
 before a crash whose batch was never committed only makes recovery remember keys of events that
 are then processed again: the resend is dropped as a duplicate, but its first copy *was*
-delivered, because the changelog record and the outputs are acknowledged together: the
-batch's offsets are committed only after both.
+delivered: a changelog record is produced only after its batch's outputs are acknowledged (or,
+exactly once, in the same transaction), and the batch's offsets are committed only after both.
 
 Keys and values are raw bytes (the table uses the ``raw`` serializer both ways), exactly what
 Faust's recovery writes back into the store from the changelog: the value is the key's expiry,

@@ -22,6 +22,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 from pipeline.runtime.faust_compat import FAUST_VERSION_TESTED, BatchConsumer, BatchTransport
+from pipeline.runtime.app import Delivered
 
 # sha256 (first 16 hex digits) of the upstream source each assumption was checked against.
 UPSTREAM_DIGESTS = {
@@ -125,7 +126,13 @@ class _Handler:
         if self.fail:
             raise RuntimeError("delivery failed")
         self.delivered.append(prepared)
-        return False
+        return Delivered(dict(offsets or {}), committed=False)
+
+    async def settle(self):  # type: ignore[no-untyped-def]
+        return {}
+
+    def unsettled_offsets(self):  # type: ignore[no-untyped-def]
+        return {}
 
 
 class _Record:
@@ -192,6 +199,75 @@ def test_a_failed_delivery_is_discarded_read_again_and_counted(consumer: BatchCo
     assert seeks and set(seeks) == {5}, "both read again from the first undelivered record"
     assert consumer._read_offset[tp] == 5
     assert consumer.batch_failures == 1 and consumer._failure is not None
+
+
+class _PipeliningHandler(_Handler):
+    """As the topology agent at least once: a batch's state is acknowledged with the next one."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(fail)
+        self.unsettled: dict[TP, int] = {}
+
+    async def deliver(self, prepared, offsets=None, group_metadata=None):  # type: ignore[no-untyped-def]
+        await self.release.wait()
+        if self.fail:
+            self.unsettled = {}
+            raise RuntimeError("delivery failed")
+        self.delivered.append(prepared)
+        settled, self.unsettled = self.unsettled, dict(offsets or {})
+        return Delivered(settled, committed=False)
+
+    async def settle(self):  # type: ignore[no-untyped-def]
+        settled, self.unsettled = self.unsettled, {}
+        return settled
+
+    def unsettled_offsets(self):  # type: ignore[no-untyped-def]
+        return self.unsettled
+
+
+def test_offsets_count_as_delivered_once_the_state_is_settled(consumer: BatchConsumer) -> None:
+    handler = _PipeliningHandler()
+    handler.release.set()
+    consumer.use_batches(["raw"], handler)
+    tp0, tp1 = TP("raw", 0), TP("raw", 1)
+    consumer.assignment = lambda: {tp0, tp1}  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await consumer._handle_batch({tp0: [_Record(3)]}, 0)
+        await consumer._wait_inflight()
+        assert consumer._new_offset(tp0) is None, "its outputs are acknowledged, its state not yet"
+        await consumer._handle_batch({tp1: [_Record(7)]}, 0)
+        await consumer._wait_inflight()
+        assert consumer._new_offset(tp0) == 4, "settled with the next batch"
+        assert consumer._new_offset(tp1) is None
+        # What a commit, a seek, a rebalance and an idle fetch loop do first:
+        await consumer._settle_inflight()
+        assert consumer._new_offset(tp1) == 8
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_delivery_reads_the_unsettled_batch_again_too(consumer: BatchConsumer) -> None:
+    handler = _PipeliningHandler()
+    handler.release.set()
+    consumer.use_batches(["raw"], handler)
+    tp0, tp1 = TP("raw", 0), TP("raw", 1)
+    consumer.assignment = lambda: {tp0, tp1}  # type: ignore[method-assign]
+    seeks: list[tuple[TP, int]] = []
+    consumer._thread = _FakeThread(lambda tp, offset: seeks.append((tp, offset)))  # type: ignore[assignment]
+    consumer._committed_offset.update({tp0: 3, tp1: 7})
+
+    async def scenario() -> None:
+        await consumer._handle_batch({tp0: [_Record(3)]}, 0)
+        await consumer._wait_inflight()
+        handler.fail = True
+        await consumer._handle_batch({tp1: [_Record(7)]}, 0)
+        await consumer._wait_inflight()
+
+    asyncio.run(scenario())
+    assert sorted(seeks) == [(tp0, 3), (tp1, 7)], "both batches read again from their start"
+    assert consumer._new_offset(tp0) is None and consumer._new_offset(tp1) is None
+    assert consumer.batch_failures == 1
 
 
 def test_failures_back_off_then_give_up(consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
