@@ -47,9 +47,10 @@ class PreparedBatch:
 
 @dataclass(slots=True)
 class _Unsettled:
-    """A delivered batch whose state changes are produced but not acknowledged yet."""
+    """A delivered batch whose state changes are produced but not acknowledged yet (only its
+    state: its outputs, thousands of serialised events, need not be held any longer)."""
 
-    batch: PreparedBatch
+    state: list[tuple[Any, Any]]
     offsets: Mapping[Any, int]
 
 
@@ -156,9 +157,13 @@ class TopologyAgent:
             self.aggregates.assigned(assigned)
 
     def discard(self, batch: PreparedBatch) -> None:
+        self._unstage(batch.state)
+
+    @staticmethod
+    def _unstage(state: list[tuple[Any, Any]]) -> None:
         # Its events will be read and processed again: their staged keys must not make them
         # look like duplicates then.
-        for store, staged in batch.state:
+        for store, staged in state:
             store.unstage(staged)
 
     def unsettled_offsets(self) -> Mapping[Any, int]:
@@ -207,7 +212,7 @@ class TopologyAgent:
             output.abort()  # also when a changelog record could not be produced
             raise
         self._record_delivery(started, None)
-        self._apply(batch)
+        self._apply(batch.state)
 
     async def _deliver_at_least_once(self, batch: PreparedBatch, offsets: dict[Any, int]) -> Delivered:
         """The outputs first, the state changes only once they are acknowledged.
@@ -233,20 +238,20 @@ class TopologyAgent:
             if previous is not None:
                 # Which messages failed is not known: the previous batch's records are read
                 # again too (the consumer seeks to before both), and its state is staged again.
-                self.discard(previous.batch)
+                self._unstage(previous.state)
             raise
         self._record_delivery(started, None)
         delivered: dict[Any, int] = {}
         if previous is not None:
-            self._apply(previous.batch)
+            self._apply(previous.state)
             delivered.update(previous.offsets)
         if any(staged for _, staged in batch.state):
             # The outputs are acknowledged: their state changes may go out now.
             for store, staged in batch.state:
                 store.produce_staged(staged)
-            self._unsettled = _Unsettled(batch, offsets)
+            self._unsettled = _Unsettled(batch.state, offsets)
         else:
-            self._apply(batch)
+            self._apply(batch.state)
             delivered.update(offsets)  # later than the previous batch's: they win
         return Delivered(delivered, committed=False)
 
@@ -261,13 +266,14 @@ class TopologyAgent:
             try:
                 await self.output.send_batch(())
             except Exception:
-                self.discard(unsettled.batch)
+                self._unstage(unsettled.state)
                 raise
-            self._apply(unsettled.batch)
+            self._apply(unsettled.state)
             return dict(unsettled.offsets)
 
-    def _apply(self, batch: PreparedBatch) -> None:
-        for store, staged in batch.state:
+    @staticmethod
+    def _apply(state: list[tuple[Any, Any]]) -> None:
+        for store, staged in state:
             store.apply(staged)
             store.after_delivery()
 
