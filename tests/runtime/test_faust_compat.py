@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from types import SimpleNamespace
 import inspect
 from importlib.metadata import version
 from typing import Any
@@ -268,6 +269,41 @@ def test_a_failed_delivery_reads_the_unsettled_batch_again_too(consumer: BatchCo
     assert sorted(seeks) == [(tp0, 3), (tp1, 7)], "both batches read again from their start"
     assert consumer._new_offset(tp0) is None and consumer._new_offset(tp1) is None
     assert consumer.batch_failures == 1
+
+
+def _in_recovery(consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch, position: int) -> dict:
+    """A recovery of one changelog partition whose last offset is 10, applied up to 5, with the
+    consumer's position at ``position``; returns the recovery's applied offsets."""
+    changelog = TP("changelog", 0)
+    offsets = {changelog: 5}
+    recovery = SimpleNamespace(in_recovery=True, active_highwaters={changelog: 10}, active_offsets=offsets)
+    tables = SimpleNamespace(recovery=recovery, changelog_queue=SimpleNamespace(empty=lambda: True))
+    monkeypatch.setattr(type(consumer.app), "tables", tables, raising=False)
+
+    async def at(tp: TP) -> int:
+        return position
+
+    consumer.position = at  # type: ignore[method-assign]
+    return offsets
+
+
+def test_a_changelog_ending_in_a_transaction_marker_completes_its_recovery(
+    consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offsets = _in_recovery(consumer, monkeypatch, position=11)
+    asyncio.run(consumer._skip_transaction_markers_in_recovery())
+    assert offsets == {TP("changelog", 0): 10}, "every record fetched: only the marker is left"
+
+
+def test_no_recovery_is_marked_complete_during_a_rebalance(
+    consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offsets = _in_recovery(consumer, monkeypatch, position=11)
+    # The flow is suspended: records fetched (the position is past them) may have been dropped
+    # unapplied when the rebalance began; the next recovery seeks them back.
+    consumer.flow_active = False
+    asyncio.run(consumer._skip_transaction_markers_in_recovery())
+    assert offsets == {TP("changelog", 0): 5}, "not marked complete: they are read again"
 
 
 def test_failures_back_off_then_give_up(consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
