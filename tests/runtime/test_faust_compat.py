@@ -226,12 +226,18 @@ class _PipeliningHandler(_Handler):
         return self.unsettled
 
 
-def test_offsets_count_as_delivered_once_the_state_is_settled(consumer: BatchConsumer) -> None:
+def _pipelining(consumer: BatchConsumer) -> tuple[_PipeliningHandler, TP, TP]:
+    """A pipelining handler that delivers at once, on a consumer assigned two partitions."""
     handler = _PipeliningHandler()
     handler.release.set()
     consumer.use_batches(["raw"], handler)
     tp0, tp1 = TP("raw", 0), TP("raw", 1)
     consumer.assignment = lambda: {tp0, tp1}  # type: ignore[method-assign]
+    return handler, tp0, tp1
+
+
+def test_offsets_count_as_delivered_once_the_state_is_settled(consumer: BatchConsumer) -> None:
+    handler, tp0, tp1 = _pipelining(consumer)
 
     async def scenario() -> None:
         await consumer._handle_batch({tp0: [_Record(3)]}, 0)
@@ -249,11 +255,7 @@ def test_offsets_count_as_delivered_once_the_state_is_settled(consumer: BatchCon
 
 
 def test_a_failed_delivery_reads_the_unsettled_batch_again_too(consumer: BatchConsumer) -> None:
-    handler = _PipeliningHandler()
-    handler.release.set()
-    consumer.use_batches(["raw"], handler)
-    tp0, tp1 = TP("raw", 0), TP("raw", 1)
-    consumer.assignment = lambda: {tp0, tp1}  # type: ignore[method-assign]
+    handler, tp0, tp1 = _pipelining(consumer)
     seeks: list[tuple[TP, int]] = []
     consumer._thread = _FakeThread(lambda tp, offset: seeks.append((tp, offset)))  # type: ignore[assignment]
     consumer._committed_offset.update({tp0: 3, tp1: 7})
