@@ -23,6 +23,7 @@ from pipeline.metrics import PipelineMetrics, geoip_build_epochs
 from pipeline.runtime.admin import group_id_for, partials_topic_name, repartition_topic_name
 from pipeline.runtime.aggregates import AggregateRuntime
 from pipeline.runtime.faust_compat import BatchConsumer, BatchTransport, batch_consumer
+from pipeline.runtime.gc_policy import collections_deferred
 from pipeline.runtime.output import DeliveryFailed, OutputProducer
 from pipeline.runtime.partitioning import OwnerPartitioner
 from pipeline.runtime.rocksdb_options import RocksDBMemory, store_url
@@ -93,7 +94,10 @@ class TopologyAgent:
 
     def prepare(self, messages: Sequence[SourceMessage]) -> PreparedBatch:
         try:
-            ctx = self._run_stages(messages)
+            # The batch's objects are freed when its stages end: a collection in between
+            # would only scan them (gc_policy.py).
+            with collections_deferred():
+                ctx = self._run_stages(messages)
         except Exception:
             self._forget_staged()
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,6 +58,29 @@ def test_a_failing_batch_leaves_no_staged_state() -> None:
         agent.prepare([])
     assert store.unstaged == [["key-of-the-first-event"]], "its records come again: unstaged"
     assert store.staged == []
+
+
+class _RecordingProcessor:
+    def __init__(self) -> None:
+        self.collection_on_during_stages: list[bool] = []
+
+    def process(self, messages: Any) -> Any:
+        self.collection_on_during_stages.append(gc.isenabled())
+        return SimpleNamespace(dead_letters={}, counters={})
+
+
+def test_a_batch_stages_run_without_cyclic_collection() -> None:
+    processor = _RecordingProcessor()
+    agent = TopologyAgent(processor, output=None)  # type: ignore[arg-type]
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        agent.prepare([])
+        assert processor.collection_on_during_stages == [False], "the batch's objects are not scanned"
+        assert gc.isenabled(), "back on for the rest of the worker"
+    finally:
+        if not was_enabled:
+            gc.disable()
 
 
 class _Output:
