@@ -23,6 +23,7 @@ class BatchContext:
         "event_times_ms",
         "now_ms",
         "outputs",
+        "shared",
         "stage_seconds",
     )
 
@@ -37,6 +38,10 @@ class BatchContext:
         """Time each stage spent on the batch, by stage id (for metrics)."""
         self.event_times_ms: list[int] = []
         """Event times (epoch ms) of the batch's valid events (for the event-lag metric)."""
+        self.shared: dict[str, Any] = {}
+        """What several stages derive alike from the items they are given, computed by the
+        first of them (each kind under its own key; see ``AggregateStage``). Emptied once the
+        batch has been through every stage, so it does not keep the events alive."""
         self._dead_letter = dead_letter
 
     def emit(self, topic: str, key: bytes | None, value: bytes) -> None:

@@ -97,12 +97,15 @@ class Processor:
         ctx.event_times_ms = [item.event["timestamp"] for item in items]
         now = perf_counter()
         seconds[self.source.id] = now - started
-        for stage in self.middle:
-            started = now
-            items = self._guarded(stage.id, stage.process, items, ctx)
-            now = perf_counter()
-            seconds[stage.id] = now - started
-        self._guarded(self.sink.id, self.sink.emit, items, ctx)
+        try:
+            for stage in self.middle:
+                started = now
+                items = self._guarded(stage.id, stage.process, items, ctx)
+                now = perf_counter()
+                seconds[stage.id] = now - started
+            self._guarded(self.sink.id, self.sink.emit, items, ctx)
+        finally:
+            ctx.shared.clear()
         seconds[self.sink.id] = perf_counter() - now
         return ctx
 

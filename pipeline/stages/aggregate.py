@@ -340,11 +340,12 @@ class AggregateStage:
     def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
         counters = ctx.counters
         worker = self.partials_topic is not None
-        for partition, batch in _by_partition(items).items():
+        for partition, share in _partition_shares(items, ctx).items():
             aggregator = self.aggregator(partition, ctx.now_ms)
+            batch, events = share.items, share.events
             if worker:
-                batch, next_offsets = self._not_yet_applied(aggregator, batch, counters)
-            result = aggregator.add([i.event for i in batch], ctx.now_ms)
+                batch, events, next_offsets = self._not_yet_applied(aggregator, share, counters)
+            result = aggregator.add(events, ctx.now_ms)
             if worker:
                 # Only now: add() changes nothing when it raises, and the events the processor
                 # then replays one by one must not look applied already.
@@ -368,33 +369,24 @@ class AggregateStage:
         return items
 
     def _not_yet_applied(
-        self, aggregator: PartitionAggregator, batch: list[Item], counters: Counter[tuple[str, str]]
-    ) -> tuple[list[Item], dict[str, int]]:
-        """The items of one partition's batch that the aggregator's state does not hold yet
-        (a crash can lose the offset commit but not the changelog: never add an event twice),
-        and, per topic, the batch's next offset (its last + 1) for ``note_offsets``."""
-        topics = {i.message.topic for i in batch}
-        if len(topics) == 1:  # the usual case: the source topic
-            by_topic = {topics.pop(): [i.message.offset for i in batch]}
-        else:
-            by_topic = {}
-            for item in batch:
-                by_topic.setdefault(item.message.topic, []).append(item.message.offset)
-        next_offsets: dict[str, int] = {}  # per topic: the batch's last offset + 1
-        replayed = False
-        for topic, offsets in by_topic.items():
-            next_offsets[topic] = max(offsets) + 1
-            replayed = replayed or aggregator.already_applied(topic, min(offsets))
+        self,
+        aggregator: PartitionAggregator,
+        share: _PartitionShare,
+        counters: Counter[tuple[str, str]],
+    ) -> tuple[list[Item], list[dict[str, Any]], dict[str, int]]:
+        """The items (and their events) of one partition's batch that the aggregator's state
+        does not hold yet (a crash can lose the offset commit but not the changelog: never add
+        an event twice), and, per topic, the batch's next offset for ``note_offsets``."""
+        next_offsets = {topic: after for topic, (_, after) in share.offsets.items()}
         # Normally the batch starts at or after the stored next offset: nothing to filter then.
-        if replayed:
-            fresh = [
-                i
-                for i in batch
-                if not aggregator.already_applied(i.message.topic, i.message.offset)
-            ]
-            counters[(self.id, "replayed")] += len(batch) - len(fresh)
-            batch = fresh
-        return batch, next_offsets
+        if not any(
+            aggregator.already_applied(topic, first) for topic, (first, _) in share.offsets.items()
+        ):
+            return share.items, share.events, next_offsets
+        applied = aggregator.already_applied
+        fresh = [i for i in share.items if not applied(i.message.topic, i.message.offset)]
+        counters[(self.id, "replayed")] += len(share.items) - len(fresh)
+        return fresh, [i.event for i in fresh], next_offsets
 
     def tick(self, now_ms: int) -> list[Output]:
         """Close what is due in every partition (a timer calls this when no batch comes)."""
@@ -439,8 +431,43 @@ class AggregateStage:
         ]
 
 
-def _by_partition(items: list[Item]) -> dict[int, list[Item]]:
-    """The items of each source partition, in order (partitions in order of appearance)."""
+class _PartitionShare:
+    """One source partition's items of a batch, as every aggregate stage reads them."""
+
+    __slots__ = ("events", "items", "offsets")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self.events = [i.event for i in items]
+        self.offsets: dict[str, tuple[int, int]] = {}
+        """Per input topic: the items' lowest offset and the one after their highest."""
+        messages = [i.message for i in items]
+        topics = {m.topic for m in messages}
+        if len(topics) == 1:  # the usual case: the source topic
+            offsets = [m.offset for m in messages]
+            self.offsets[topics.pop()] = (min(offsets), max(offsets) + 1)
+        else:
+            by_topic: dict[str, list[int]] = {}
+            for m in messages:
+                by_topic.setdefault(m.topic, []).append(m.offset)
+            for topic, offsets in by_topic.items():
+                self.offsets[topic] = (min(offsets), max(offsets) + 1)
+
+
+_SHARES_KEY = "aggregate.partition_shares"
+
+
+def _partition_shares(items: list[Item], ctx: BatchContext) -> dict[int, _PartitionShare]:
+    """The items of each source partition (in order; partitions in order of appearance).
+
+    A topology runs several aggregates one after the other on the same items (each passes them
+    on unchanged), so the first splits them and the others reuse its split: each pass over a
+    batch's items costs ~0.2-0.4 µs per event, as their objects are spread over memory. Stages
+    never change a list of items they were given (they return a new one), so the same list
+    object with the same length is the same items."""
+    cached = ctx.shared.get(_SHARES_KEY)
+    if cached is not None and cached[0] is items and cached[1] == len(items):
+        return cached[2]
     by_partition: dict[int, list[Item]] = {}
     for item in items:
         partition = item.message.partition
@@ -449,7 +476,9 @@ def _by_partition(items: list[Item]) -> dict[int, list[Item]]:
             by_partition[partition] = [item]
         else:
             batch.append(item)
-    return by_partition
+    shares = {partition: _PartitionShare(batch) for partition, batch in by_partition.items()}
+    ctx.shared[_SHARES_KEY] = (items, len(items), shares)
+    return shares
 
 
 def _build(stage_id: str, config: AggregateConfig, topology: Topology) -> AggregateStage:

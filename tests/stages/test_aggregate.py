@@ -330,6 +330,53 @@ def test_a_failing_batch_replayed_event_by_event_keeps_the_other_events() -> Non
     assert window["groups"][0]["measures"] == {"values": 4}
 
 
+def test_aggregates_of_one_batch_split_its_items_by_partition_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.stages.aggregate as aggregate_module
+
+    splits: list[int] = []
+    original = aggregate_module._PartitionShare.__init__
+
+    def counting(self: Any, items: list[Item]) -> None:
+        splits.append(len(items))
+        original(self, items)
+
+    monkeypatch.setattr(aggregate_module._PartitionShare, "__init__", counting)
+    by_minute, by_event = stage(), stage(group_by=[])
+    by_minute.use_partials("partials")
+    by_event.use_partials("partials")
+    items = [worker_item(T0 + i, i, partition=i % 2) for i in range(10)]
+    c = ctx()
+    by_minute.process(items, c)
+    by_event.process(items, c)
+    assert splits == [5, 5], "one split per partition, shared by both aggregates"
+    for s in (by_minute, by_event):
+        assert {p: a.offsets for p, a in s.aggregators.items()} == {
+            0: {"events": 9},
+            1: {"events": 10},
+        }
+    assert c.counters[("per_minute", "aggregated")] == 20
+    # Other items (a batch replayed one event at a time) are split again.
+    by_minute.process(items[:1], c)
+    assert splits == [5, 5, 1]
+    assert c.counters[("per_minute", "replayed")] == 1
+
+
+def test_the_shared_split_does_not_outlive_the_batch(example_topology: Topology) -> None:
+    # It holds the events: kept in the context, they would stay alive until the batch is
+    # delivered.
+    processor = Processor(example_topology, clock=lambda: WALL / 1000)
+    events = [
+        {"event": "page_viewed", "event_id": f"e{i}", "timestamp": T0 + i, "user_id": "u1"}
+        for i in range(3)
+    ]
+    messages = [RawMessage(orjson.dumps(e), b"u1", offset=i) for i, e in enumerate(events)]
+    ctx = processor.process(messages)
+    assert ctx.counters[("events_per_minute", "aggregated")] == 3
+    assert ctx.shared == {}
+
+
 def test_shipped_aggregates_over_generated_traffic_equal_a_direct_count(
     example_topology: Topology,
 ) -> None:
