@@ -321,7 +321,7 @@ def _row_readers(measures: Sequence[MeasureSpec]) -> RowReaders:
     count of events, the value when one measure reads a field, else a tuple of the values.
 
     Returns how to read one event's row (None: nothing to read), how to read the rows of many
-    events at once (``_read_window``), and where each measure's values are: None (a count
+    events at once (``_read_one_window``), and where each measure's values are: None (a count
     of events: only the number of rows matters), ``_ROW`` (the rows are its values) or an
     index into the tuples."""
     readers = []
@@ -398,18 +398,18 @@ class PartitionAggregator:
         bug) leaves the aggregator as it was and the batch can be replayed event by event.
 
         The batch is read event by event (lateness, stream time and which group a new group
-        key gets are decided in batch order; when all its tumbling windows are still open at
-        the end, the usual case, no event can be late and map/filter do the reading), but each
-        (window, group) is then updated once, with its rows of the batch in order: per-event
-        measure updates and change tracking were most of the cost of an aggregate. The result
-        is the one adding the events one by one would give, byte for byte
+        key gets are decided in batch order; when it all falls in one open tumbling window,
+        the usual case, no event can be late and map/filter do the reading), but each (window,
+        group) is then updated once, with its rows of the batch in order: per-event measure
+        updates and change tracking were most of the cost of an aggregate. The result is the
+        one adding the events one by one would give, byte for byte
         (``tests/core/test_aggregator_batches.py``).
         """
         result = AddResult()
         if not events:
             return result
         read = self._read_tumbling if self._tumbling else self._read_hopping
-        windows, stream_time, watermark = self._read_open_windows(events, result) or read(
+        windows, stream_time, watermark = self._read_one_window(events, result) or read(
             events, result
         )
 
@@ -444,14 +444,13 @@ class PartitionAggregator:
     # they are numbers again at the end. An event is late for a window once
     # start + size + grace <= watermark, i.e. start <= closed_through.
 
-    def _read_open_windows(
+    def _read_one_window(
         self, events: Sequence[dict[str, Any]], result: AddResult
     ) -> tuple[dict[int, _PendingWindow], int, int] | None:
-        """``add``'s reading of the batch in the usual case: tumbling windows that are all
-        still open once the batch is read (None otherwise). No event can be late then, so the
-        per-event work is only ``where``, the group key and the row, run by map / filter with
-        no Python loop around them; a batch that spans windows (a backlog, where a batch holds
-        seconds of event time) is first split by window, in the order the events come."""
+        """``add``'s reading of the batch in the usual case, a few seconds of events that all
+        fall in one open tumbling window (None when they do not): no event can be late then,
+        so the per-event work is only ``where``, the group key and the row, each run by map /
+        filter with no Python loop around it."""
         if not self._tumbling:
             return None
         window = self.spec.window
@@ -459,8 +458,10 @@ class PartitionAggregator:
         times = list(map(_timestamp_of, events))
         earliest, latest = min(times), max(times)
         start = earliest - earliest % size
-        # The watermark only grows while the batch is read, to this at most: if the earliest
-        # window is open at the end, every window of the batch was open for every event.
+        if latest - latest % size != start:
+            return None
+        # The watermark only grows while the batch is read, to this at most: if the window is
+        # open at the end, it was open for every event.
         stream_time = _NEVER if self.stream_time is None else self.stream_time
         watermark = _NEVER if self.watermark is None else self.watermark
         if latest > stream_time:
@@ -474,41 +475,23 @@ class PartitionAggregator:
         windows: dict[int, _PendingWindow] = {}
         if not kept:
             return windows, stream_time, watermark  # type: ignore[return-value]
-        if latest - latest % size == start:
-            windows[start] = self._read_window(start, kept)
-            return windows, stream_time, watermark  # type: ignore[return-value]
-        # Windows in the order of their first kept event, as reading event by event adds them.
-        by_start: dict[int, list[dict[str, Any]]] = {}
-        for event in kept:
-            ts = event["timestamp"]
-            window_events = by_start.get(ts - ts % size)
-            if window_events is None:
-                by_start[ts - ts % size] = [event]
-            else:
-                window_events.append(event)
-        for window_start, window_events in by_start.items():
-            windows[window_start] = self._read_window(window_start, window_events)
-        return windows, stream_time, watermark  # type: ignore[return-value]
-
-    def _read_window(self, start: int, events: list[dict[str, Any]]) -> _PendingWindow:
-        """One open window's share of a batch (``where`` already applied), in event order."""
-        pending = _PendingWindow(self.open.get(start))
+        pending = windows[start] = _PendingWindow(self.open.get(start))
         group_key = self._group_key
         if group_key is None:
-            self._rows_for(pending, ()).extend(self._rows_of(events))
+            self._rows_for(pending, ()).extend(self._rows_of(kept))
         elif self._row_of is None:
             # Only counts of events: how many a group key has is all its rows say. (Counter
             # keeps the keys in the order they first come, in which groups are admitted.)
-            for key, count in Counter(map(group_key, events)).items():
+            for key, count in Counter(map(group_key, kept)).items():
                 self._rows_for(pending, key).extend([None] * count)
         else:
             by_key = pending.by_key
-            for key, row in zip(map(group_key, events), self._rows_of(events)):
+            for key, row in zip(map(group_key, kept), self._rows_of(kept)):
                 key_rows = by_key.get(key)
                 if key_rows is None:
                     key_rows = self._rows_for(pending, key)
                 key_rows.append(row)
-        return pending
+        return windows, stream_time, watermark  # type: ignore[return-value]
 
     def _read_tumbling(
         self, events: Sequence[dict[str, Any]], result: AddResult

@@ -1,7 +1,7 @@
 """PartitionAggregator reads whole batches, but must give what adding one event at a time does.
 
-``add`` reads a batch event by event (or, when its tumbling windows are all still open at the
-end, with map/filter), groups it by (window, group) and updates each group's measures once. The
+``add`` reads a batch event by event (or, when it all falls in one open tumbling window, with
+map/filter), groups it by (window, group) and updates each group's measures once. The
 reference below is the per-event semantics written out plainly (the module docstring of
 ``pipeline.core.aggregator``): every event in order, lateness against the watermark before it,
 groups admitted in order up to ``max_groups``, each measure updated with each value. Generated
@@ -163,8 +163,8 @@ SPECS: dict[str, AggregateSpec] = {
             MeasureSpec("users", "distinct", field="identity", method="hll", precision=10),
         ),
     ),
-    # Grace longer than the window: batches span several windows that are all still open
-    # (split by window, then read with map/filter).
+    # Grace longer than the window: batches span several windows that are all still open (read
+    # event by event).
     "tumbling, grace longer than the window": AggregateSpec(
         name="g",
         window=WindowSpec.tumbling(1_000, grace_ms=4_000),
@@ -241,7 +241,7 @@ def batches(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def spy_on_readers(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count which reading of a batch ran, so the test knows it exercised each."""
-    used = {"open windows": 0, "several open windows": 0, "tumbling": 0, "hopping": 0}
+    used = {"one window": 0, "several windows": 0, "tumbling": 0, "hopping": 0}
 
     def spied(name: str, key: str) -> None:
         original: Callable[..., Any] = getattr(PartitionAggregator, name)
@@ -249,13 +249,13 @@ def spy_on_readers(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         def run(self: PartitionAggregator, *args: Any) -> Any:
             found = original(self, *args)
             used[key] += found is not None
-            if key == "open windows" and found is not None and len(found[0]) > 1:
-                used["several open windows"] += 1
+            if found is not None and len(found[0]) > 1:
+                used["several windows"] += 1
             return found
 
         monkeypatch.setattr(PartitionAggregator, name, run)
 
-    spied("_read_open_windows", "open windows")
+    spied("_read_one_window", "one window")
     spied("_read_tumbling", "tumbling")
     spied("_read_hopping", "hopping")
     return used
@@ -298,9 +298,9 @@ def test_batches_give_exactly_what_one_event_at_a_time_gives(
     if spec.where is not None:
         assert totals.filtered > 100
     if spec.window.advance_ms == spec.window.size_ms:
-        assert used["open windows"], "the map/filter reading never ran"
+        assert used["one window"], "the one-window reading never ran"
     if spec.window.advance_ms == spec.window.size_ms and spec.window.grace_ms > spec.window.size_ms:
-        assert used["several open windows"], "no batch was split by window"
+        assert used["several windows"], "no batch spanned several windows"
 
 
 def test_state_and_changes_after_batches_equal_those_after_single_events(
