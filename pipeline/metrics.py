@@ -493,7 +493,12 @@ class PipelineMetrics:
         for topic, n in emitted.items():
             if n:
                 child(self.events_emitted, topic).inc(n)
-        self.batch_events.observe(sum(received.values()))
+        handed_over = sum(received.values())
+        if handed_over:
+            # An idle tick (the aggregates closing windows by the clock, sending live partials)
+            # hands no message to the stages: counted as a batch of 0, it made
+            # pipeline_batch_events_count disagree with the stages' own counts.
+            self.batch_events.observe(handed_over)
 
         for (stage, outcome), n in ctx.counters.items():
             if not n:

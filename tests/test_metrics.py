@@ -280,6 +280,20 @@ def test_record_batch_counts_counters_dead_letters_and_topics() -> None:
     ]
 
 
+def test_an_idle_tick_is_not_a_batch_of_events() -> None:
+    # prepare_idle: the aggregates close windows by the clock, with no message handed over.
+    metrics = make_metrics()
+    metrics.record_batch(
+        Batch(), received={"raw_events": 5}, emitted={}, stage_seconds={"validate": 0.001}
+    )
+    metrics.record_batch(Batch(), received={}, emitted={"aggregates": 2}, stage_seconds={})
+    assert value(metrics, "pipeline_batch_events_count") == 1
+    assert value(metrics, "pipeline_batch_events_sum") == 5
+    assert value(metrics, "pipeline_stage_duration_seconds_count", stage="validate") == 1
+    assert value(metrics, "pipeline_events_emitted_total", topic="aggregates") == 2
+    assert value(metrics, "pipeline_last_batch_timestamp_seconds") == FIXED
+
+
 def test_duplicates_sent_to_a_topic_are_not_dropped() -> None:
     metrics = make_metrics(duplicates_to_topic=["dedupe"])
     metrics.record_batch(
