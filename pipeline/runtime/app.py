@@ -655,6 +655,9 @@ def create_app(
 
     def refresh_gauges() -> None:
         """Gauges read from state rather than counted per batch; before every scrape."""
+        # An optional enricher that was disabled may have started since (enrich.py). First, so
+        # that a failure further down cannot leave it stale.
+        metrics.set_stage_statuses(processor.statuses())
         update_consumer_gauges(metrics, batch_consumer(app), [source.topic, *internal_topics])
         dedupe_stores = [s for s in agent.stores if isinstance(s, TableDedupeStore)]
         for stage, store in zip(dedupe_stages, dedupe_stores, strict=True):

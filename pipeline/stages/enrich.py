@@ -5,14 +5,23 @@
       enricher: geoip         # the enricher module
       on_error: skip          # skip: count and pass the event on unchanged; dead_letter: dead-letter it
       optional: true          # if it cannot start (no database), run without it and say so
+      retry_interval: 60s     # ...and try to start it again this often (0: never)
       config: {city_db: "${GEOIP_CITY_DB:-}"}
 
 An enricher never kills the worker: an exception on one event is handled by ``on_error``.
+
+An optional stage that could not start skips every event (``disabled: <why>`` in its status,
+``pipeline_enricher_enabled 0``) and is built again at the first batch after each
+``retry_interval``, so a database that appears later (an init container or ``geoipupdate``
+finishing after the worker started) is picked up without a restart. The attempt runs on the
+batch path, on the batch clock (no thread): it costs what starting the enricher costs, once per
+interval, and only while the stage is disabled.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -30,7 +39,7 @@ from pipeline.enrichers import (
     enricher_type,
 )
 from pipeline.stages import StageType
-from pipeline.topology.model import Strict, Topology, TopologySpec
+from pipeline.topology.model import Duration, Strict, Topology, TopologySpec
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,9 @@ class EnrichConfig(Strict):
     on_error: Literal["skip", "dead_letter"] = "skip"
     optional: bool = False
     """When the enricher cannot start: false = refuse to start; true = run disabled."""
+    retry_interval: Duration = Field(default=60.0, ge=0)
+    """An optional stage running disabled tries to start its enricher again this often
+    (0: never; it then stays disabled until the worker restarts)."""
     config: dict[str, Any] = Field(default_factory=dict)
     """The enricher's own settings (validated by its config model)."""
 
@@ -72,13 +84,28 @@ def _check(config: EnrichConfig, spec: TopologySpec) -> list[tuple[str, str]]:
 
 
 class EnrichStage:
-    def __init__(self, stage_id: str, config: EnrichConfig, enricher: Enricher) -> None:
+    def __init__(
+        self,
+        stage_id: str,
+        config: EnrichConfig,
+        enricher: Enricher,
+        *,
+        start: Callable[[], Enricher] | None = None,
+        next_start_ms: int | None = None,
+    ) -> None:
+        """``start`` builds the enricher again (given while ``enricher`` stands in for one that
+        could not start); it is called at the first batch at or after ``next_start_ms``."""
         self.id = stage_id
         self.enricher_name = config.enricher
         self.on_error = config.on_error
         self.enricher = enricher
+        self._start = start
+        self._retry_ms = int(config.retry_interval * 1000)
+        self._next_start_ms = next_start_ms if start is not None and self._retry_ms else None
 
     def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
+        if self._next_start_ms is not None and ctx.now_ms >= self._next_start_ms:
+            self._try_to_start(ctx.now_ms)
         # The per-event loop only calls the enricher and records its outcome (counted and
         # filtered afterwards, in C); an exception hands the rest of the batch to the careful
         # loop of _process_after_error.
@@ -176,6 +203,37 @@ class EnrichStage:
             counters[(stage_id, "skipped")] += skipped
         return kept
 
+    def _try_to_start(self, now_ms: int) -> None:
+        """Build the enricher of a disabled stage again; on success it replaces the stand-in."""
+        assert self._start is not None
+        was = self.enricher.status()
+        try:
+            enricher = self._start()
+        except EnricherUnavailable as exc:
+            self._next_start_ms = now_ms + self._retry_ms
+            if f"disabled: {exc}" == was:
+                log.debug(
+                    "enricher %s (stage %s) still cannot start: %s",
+                    self.enricher_name, self.id, exc,
+                )
+                return
+            log.warning(
+                "enricher %s (stage %s) is still disabled, now because: %s",
+                self.enricher_name, self.id, exc,
+            )
+            self.enricher = DisabledEnricher(str(exc))
+            return
+        except Exception:  # a bug in its start-up must not stop the stream
+            self._next_start_ms = now_ms + self._retry_ms
+            log.exception(
+                "enricher %s (stage %s) failed to start; it stays disabled",
+                self.enricher_name, self.id,
+            )
+            return
+        self.enricher = enricher
+        self._start = self._next_start_ms = None
+        log.info("enricher %s (stage %s) has started (it was %s)", self.enricher_name, self.id, was)
+
     def status(self) -> str:
         return self.enricher.status()
 
@@ -196,8 +254,17 @@ def _build(stage_id: str, config: EnrichConfig, topology: Topology) -> EnrichSta
             raise EnricherUnavailable(
                 f"stage {stage_id!r} (enricher {config.enricher}) cannot start: {exc}"
             ) from None
-        log.warning("enricher %s (stage %s) is disabled: %s", config.enricher, stage_id, exc)
-        enricher = DisabledEnricher(str(exc))
+        retry = f"; trying again every {config.retry_interval:g}s" if config.retry_interval else ""
+        log.warning(
+            "enricher %s (stage %s) is disabled: %s%s", config.enricher, stage_id, exc, retry
+        )
+        return EnrichStage(
+            stage_id,
+            config,
+            DisabledEnricher(str(exc)),
+            start=lambda: kind.build(enricher_config, context),
+            next_start_ms=int(topology.clock() * 1000 + config.retry_interval * 1000),
+        )
     return EnrichStage(stage_id, config, enricher)
 
 

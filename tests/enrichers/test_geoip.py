@@ -622,6 +622,29 @@ def test_in_a_topology_disabled_when_no_database_is_configured(tmp_path: Path) -
     assert "geo" not in out["context"] and out["context"]["ip"] == "216.160.83.56"
 
 
+def test_in_a_topology_a_database_that_appears_later_is_picked_up(
+    tmp_path: Path, city_db: Path
+) -> None:
+    # geoipupdate (an init container, a sidecar) may write the file after the worker started.
+    path = tmp_path / "later" / "city.mmdb"
+    topology = load_topology(topology_file(tmp_path), env={"GEOIP_CITY_DB": str(path)})
+    clock = FakeClock(time.time())
+    processor = Processor(topology, clock=clock)
+    stage = geo_stage(processor)
+    assert stage.status() == f"disabled: city database {path} does not exist"
+    assert "geo" not in run(processor, "216.160.83.56")["context"]
+
+    path.parent.mkdir()
+    path.write_bytes(city_db.read_bytes())
+    clock.now += 59  # retry_interval is 60 s by default
+    assert "geo" not in run(processor, "216.160.83.56")["context"]
+    clock.now += 1
+    assert run(processor, "216.160.83.56")["context"]["geo"]["city"] == "Milton"
+    assert stage.status() == "enabled"
+    assert processor.statuses()["geo"] == "enabled"
+    processor.close()
+
+
 def test_in_a_topology_not_optional_refuses_to_start(tmp_path: Path) -> None:
     topology = load_topology(topology_file(tmp_path, optional=False), env={})
     with pytest.raises(EnricherUnavailable, match="GEOIP_CITY_DB"):

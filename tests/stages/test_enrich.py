@@ -11,12 +11,13 @@ import random
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.core.batch import BatchContext
 from pipeline.core.deadletter import DeadLetterBuilder
 from pipeline.core.reasons import Reason
 from pipeline.core.records import Item, RawMessage
-from pipeline.enrichers import Outcome
+from pipeline.enrichers import DisabledEnricher, EnricherUnavailable, Outcome
 from pipeline.stages.enrich import EnrichConfig, EnrichStage
 
 RAISE = "raise"
@@ -173,3 +174,83 @@ def test_errors_skip_or_dead_letter() -> None:
     assert ctx.dead_letters == {(Reason.ENRICHMENT_FAILED, "enr"): 2}
     assert [topic for topic, _key, _value in ctx.outputs] == ["dead", "dead"]
     assert b"ValueError: bad event 1" in ctx.outputs[0][2]
+
+
+# ------------------------------------------------------------ an optional stage that could not start
+
+
+class Starter:
+    """``start`` of a disabled stage: each call takes the next scripted answer."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def at(now_ms: int) -> BatchContext:
+    ctx = context()
+    ctx.now_ms = now_ms
+    return ctx
+
+
+def disabled_stage(start: Starter, *, retry_interval: str = "60s") -> EnrichStage:
+    config = EnrichConfig(enricher="geoip", optional=True, retry_interval=retry_interval)
+    return EnrichStage(
+        "geo", config, DisabledEnricher("no database"), start=start, next_start_ms=60_000
+    )
+
+
+def test_a_disabled_stage_tries_to_start_once_per_interval_and_then_runs() -> None:
+    enricher = Scripted()
+    start = Starter(
+        EnricherUnavailable("no database"),
+        EnricherUnavailable("/db/city.mmdb is not a MaxMind database"),
+        RuntimeError("a bug in start-up"),
+        enricher,
+    )
+    stage = disabled_stage(start)
+    steps = [Outcome.HIT, Outcome.MISS]
+
+    ctx = at(59_999)  # before the first attempt: skipped, not started
+    assert [i.event["n"] for i in stage.process(batch(steps), ctx)] == [0, 1]
+    assert start.calls == 0 and ctx.counters == {("geo", "skipped"): 2}
+
+    stage.process(batch(steps), at(60_000))  # same reason: still disabled
+    assert start.calls == 1 and stage.status() == "disabled: no database"
+    stage.process(batch(steps), at(119_999))  # next attempt one interval after the last
+    assert start.calls == 1
+
+    stage.process(batch(steps), at(120_000))  # another reason: the status says the new one
+    assert stage.status() == "disabled: /db/city.mmdb is not a MaxMind database"
+
+    ctx = at(180_000)  # an unexpected error: logged, stays disabled, the batch goes on
+    assert len(stage.process(batch(steps), ctx)) == 2
+    assert stage.status().startswith("disabled: ") and ctx.counters == {("geo", "skipped"): 2}
+
+    ctx = at(240_000)  # started: this very batch is enriched
+    kept = stage.process(batch(steps), ctx)
+    assert stage.status() == "enabled" and stage.enricher is enricher
+    assert [i.event["seen"] for i in kept] == [1, 1]
+    assert ctx.counters == {("geo", "hit"): 1, ("geo", "miss"): 1}
+    stage.process(batch(steps), at(10**12))  # no more attempts once started
+    assert start.calls == 4
+
+
+def test_a_zero_retry_interval_never_tries_again() -> None:
+    start = Starter(Scripted())
+    stage = disabled_stage(start, retry_interval="0")
+    stage.process(batch([Outcome.HIT]), at(10**12))
+    assert start.calls == 0 and stage.status() == "disabled: no database"
+
+
+def test_retry_interval_is_a_duration_and_not_negative() -> None:
+    assert EnrichConfig(enricher="geoip", retry_interval="5m").retry_interval == 300
+    with pytest.raises(ValidationError):
+        EnrichConfig(enricher="geoip", retry_interval="-1s")
