@@ -244,3 +244,71 @@ def test_duplicates_before_and_after_a_restart_are_dropped(
     ids = Counter(orjson.loads(r.value)["event_id"] for r in outputs)
     assert all(n == 1 for n in ids.values())
     assert len(ids) == expected
+
+
+def test_a_geoip_database_written_after_start_is_picked_up_without_a_restart(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """The optional geo stage starts disabled (no file yet, as when geoipupdate runs late),
+    the events before the file appears leave without ``context.geo``, and the stage starts at
+    its next attempt after the file appears: later events have it, and so does the metric."""
+    import urllib.request
+
+    from tests.enrichers.mmdb_fixtures import city_record, write_city_db
+
+    topology = make_topology(tmp_path)
+    text = topology.path.read_text()
+    assert "    retry_interval: 60s\n" in text
+    topology.path.write_text(text.replace("    retry_interval: 60s\n", "    retry_interval: 1s\n"))
+    ensure_source(topology)
+    database = tmp_path / "geoip" / "city.mmdb"
+
+    def event(n: int) -> tuple[bytes, bytes]:
+        return b"u_geo", orjson.dumps({
+            "event_id": f"geo-{n}", "event": "page_viewed", "timestamp": int(time.time() * 1000),
+            "user_id": "u_geo", "context": {"ip": "81.2.69.142", "user_agent": "Mozilla/5.0"},
+        })
+
+    def geo_enabled() -> str:
+        url = f"http://127.0.0.1:{worker.web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+        [value] = [
+            line.rsplit(" ", 1)[1] for line in body.splitlines()
+            if line.startswith("pipeline_enricher_enabled{") and 'stage="geo"' in line
+        ]
+        return value
+
+    worker = WorkerProcess(topology).start(tmp_path, env={"GEOIP_CITY_DB": str(database)})
+    try:
+        send(topology, [event(1)])
+        assert wait_for_total(topology.outputs, 1, timeout=120) == 1, worker.log()[-3000:]
+        assert geo_enabled() == "0.0"
+        assert f"is disabled: city database {database} does not exist" in worker.log()
+
+        database.parent.mkdir()
+        write_city_db(database, {"81.2.69.0/24": city_record("GB", "United Kingdom", city="London")})
+        deadline = time.monotonic() + 60
+        sent = 1
+        while time.monotonic() < deadline:  # batches drive the attempts
+            time.sleep(1)
+            sent += 1
+            send(topology, [event(sent)])
+            if geo_enabled() == "1.0":
+                break
+        assert geo_enabled() == "1.0", worker.log()[-3000:]
+        sent += 1
+        send(topology, [event(sent)])
+        assert wait_for_total(topology.outputs, sent, timeout=60) == sent, worker.log()[-3000:]
+        assert worker.terminate() == 0, worker.log()[-3000:]
+    finally:
+        worker.kill()
+
+    records = sorted(
+        (orjson.loads(r.value) for r in consume_all(topology.outputs)),
+        key=lambda r: int(r["event_id"].split("-")[1]),
+    )
+    assert [r["event_id"] for r in records] == [f"geo-{n}" for n in range(1, sent + 1)]
+    assert "geo" not in records[0]["context"]
+    assert records[-1]["context"]["geo"]["city"] == "London"
+    assert "enricher geoip (stage geo) has started (it was disabled: " in worker.log()
