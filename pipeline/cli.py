@@ -18,13 +18,29 @@ from pipeline.errors import PipelineError, TopologyError
 def _cmd_check(args: argparse.Namespace) -> int:
     from pipeline.topology import check_topologies
 
-    problems = check_topologies(args.topology)
+    problems: list[object] = list(check_topologies(args.topology))
+    bad_files = {p.file for p in problems}  # type: ignore[attr-defined]
     for problem in problems:
         print(problem, file=sys.stderr)
-    bad_files = {p.file for p in problems}
     for path in args.topology:
-        if str(path) not in bad_files:
+        if str(path) in bad_files:
+            continue
+        if not args.start:
             print(f"{path}: ok")
+            continue
+        from pipeline.core.processor import start_each_stage
+        from pipeline.topology import load_topology
+
+        statuses, cannot_start = start_each_stage(load_topology(path))
+        for problem in cannot_start:
+            print(f"{path}: {problem}", file=sys.stderr)
+        if cannot_start:
+            bad_files.add(str(path))
+            problems.extend(cannot_start)
+            continue
+        print(f"{path}: ok")
+        for stage_id, status in statuses.items():
+            print(f"  {stage_id}: {status}")
     if problems:
         print(f"{len(problems)} problem(s) in {len(bad_files)} file(s)", file=sys.stderr)
         return 1
@@ -234,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         "path; exit status 0 when all are valid, 1 otherwise.",
     )
     check.add_argument("topology", nargs="+", type=Path, metavar="TOPOLOGY")
+    check.add_argument(
+        "--start", action="store_true",
+        help="also start every stage as the worker would, with this environment (open the "
+        "GeoIP databases, read PIPELINE_PII_KEY, ...): a stage that cannot start is a problem; "
+        "an optional one that runs disabled is listed with why",
+    )
     check.set_defaults(func=_cmd_check)
 
     run = sub.add_parser(

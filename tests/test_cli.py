@@ -265,3 +265,39 @@ def test_run_with_a_directory_as_input_exits_two(
     code = main(["run", str(EXAMPLE), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: input file")
+
+
+def test_check_start_starts_every_stage_and_lists_what_runs_disabled(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GEOIP_CITY_DB", str(tmp_path / "missing.mmdb"))
+    assert main(["check", "--start", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{EXAMPLE}: ok"
+    assert "  pii: enabled" in out and "  route: enabled" in out
+    assert f"  geo: disabled: city database {tmp_path / 'missing.mmdb'} does not exist" in out
+
+
+def test_check_start_reports_every_stage_that_cannot_start(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    example_text: str,
+) -> None:
+    # The file itself is valid: only starting its stages finds the missing key and database.
+    path = tmp_path / "strict.yaml"
+    path.write_text(example_text.replace("    optional: true\n", ""), encoding="utf-8")
+    monkeypatch.delenv("PIPELINE_PII_KEY", raising=False)
+    monkeypatch.setenv("GEOIP_CITY_DB", str(tmp_path / "missing.mmdb"))
+    assert main(["check", str(path)]) == 0
+    capsys.readouterr()
+
+    assert main(["check", "--start", str(path)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert f"{path}: stage 'pii' (enricher pii) cannot start: environment variable " in "\n".join(err)
+    assert any(
+        line.startswith(f"{path}: stage 'geo' (enricher geoip) cannot start: ")
+        and "missing.mmdb does not exist" in line
+        for line in err
+    )
+    assert err[-1] == "2 problem(s) in 1 file(s)"
+    assert "ok" not in captured.out

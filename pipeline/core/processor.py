@@ -13,6 +13,7 @@ from pipeline.core.batch import BatchContext
 from pipeline.core.deadletter import DeadLetterBuilder
 from pipeline.core.reasons import Reason
 from pipeline.core.records import Item, SourceMessage
+from pipeline.errors import PipelineError
 from pipeline.stages import stage_type
 from pipeline.topology.model import Topology
 
@@ -31,6 +32,28 @@ def _snapshot(ctx: BatchContext) -> _Snapshot:
 
 def _restore(ctx: BatchContext, snapshot: _Snapshot) -> None:
     ctx.dead_letters, ctx.counters = Counter(snapshot[0]), Counter(snapshot[1])
+
+
+def start_each_stage(topology: Topology) -> tuple[dict[str, str], list[str]]:
+    """Build every stage as a worker does (databases opened, secrets read), each on its own,
+    then close it: (stage id → ``enabled`` / ``disabled: why``, the stages that cannot start
+    and why). Every failure is reported, not just the first (``pipeline check --start``)."""
+    statuses: dict[str, str] = {}
+    problems: list[str] = []
+    for spec in topology.spec.stages:
+        try:
+            stage = stage_type(spec.type).build(spec.id, topology.stage_configs[spec.id], topology)
+        except PipelineError as exc:  # EnricherUnavailable names the stage and the enricher
+            problems.append(str(exc))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bug in a stage's start-up is reported too
+            problems.append(f"stage {spec.id!r} cannot start: {type(exc).__name__}: {exc}")
+            continue
+        statuses[spec.id] = stage.status() if hasattr(stage, "status") else "enabled"
+        close = getattr(stage, "close", None)
+        if close is not None:
+            close()
+    return statuses, problems
 
 
 class Processor:

@@ -11,8 +11,8 @@
 An enricher never kills the worker: an exception on one event is handled by ``on_error``.
 
 An optional stage that could not start skips every event (``disabled: <why>`` in its status,
-``pipeline_enricher_enabled 0``) and is built again at the first batch after each
-``retry_interval``, so a database that appears later (an init container or ``geoipupdate``
+``pipeline_enricher_enabled 0``) and is built again by the first batch ``retry_interval`` after
+its first batch, then after each attempt, so a database that appears later (an init container or ``geoipupdate``
 finishing after the worker started) is picked up without a restart. The attempt runs on the
 batch path, on the batch clock (no thread): it costs what starting the enricher costs, once per
 interval, and only while the stage is disabled.
@@ -91,21 +91,21 @@ class EnrichStage:
         enricher: Enricher,
         *,
         start: Callable[[], Enricher] | None = None,
-        next_start_ms: int | None = None,
     ) -> None:
         """``start`` builds the enricher again (given while ``enricher`` stands in for one that
-        could not start); it is called at the first batch at or after ``next_start_ms``."""
+        could not start): called once ``retry_interval`` has passed since the first batch, then
+        since the last attempt, on the batches' clock."""
         self.id = stage_id
         self.enricher_name = config.enricher
         self.on_error = config.on_error
         self.enricher = enricher
-        self._start = start
         self._retry_ms = int(config.retry_interval * 1000)
-        self._next_start_ms = next_start_ms if start is not None and self._retry_ms else None
+        self._start = start if self._retry_ms else None
+        self._next_start_ms: int | None = None
 
     def process(self, items: list[Item], ctx: BatchContext) -> list[Item]:
-        if self._next_start_ms is not None and ctx.now_ms >= self._next_start_ms:
-            self._try_to_start(ctx.now_ms)
+        if self._start is not None:
+            self._maybe_start(ctx.now_ms)
         # The per-event loop only calls the enricher and records its outcome (counted and
         # filtered afterwards, in C); an exception hands the rest of the batch to the careful
         # loop of _process_after_error.
@@ -203,8 +203,14 @@ class EnrichStage:
             counters[(stage_id, "skipped")] += skipped
         return kept
 
-    def _try_to_start(self, now_ms: int) -> None:
-        """Build the enricher of a disabled stage again; on success it replaces the stand-in."""
+    def _maybe_start(self, now_ms: int) -> None:
+        """Build the enricher of a disabled stage again when it is time; on success it
+        replaces the stand-in. (Timed by the batches, not at build time: the clock is read once
+        per batch, by the processor.)"""
+        if self._next_start_ms is None:
+            self._next_start_ms = now_ms + self._retry_ms
+        if now_ms < self._next_start_ms:
+            return
         assert self._start is not None
         was = self.enricher.status()
         try:
@@ -263,7 +269,6 @@ def _build(stage_id: str, config: EnrichConfig, topology: Topology) -> EnrichSta
             config,
             DisabledEnricher(str(exc)),
             start=lambda: kind.build(enricher_config, context),
-            next_start_ms=int(topology.clock() * 1000 + config.retry_interval * 1000),
         )
     return EnrichStage(stage_id, config, enricher)
 

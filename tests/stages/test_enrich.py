@@ -202,9 +202,7 @@ def at(now_ms: int) -> BatchContext:
 
 def disabled_stage(start: Starter, *, retry_interval: str = "60s") -> EnrichStage:
     config = EnrichConfig(enricher="geoip", optional=True, retry_interval=retry_interval)
-    return EnrichStage(
-        "geo", config, DisabledEnricher("no database"), start=start, next_start_ms=60_000
-    )
+    return EnrichStage("geo", config, DisabledEnricher("no database"), start=start)
 
 
 def test_a_disabled_stage_tries_to_start_once_per_interval_and_then_runs() -> None:
@@ -218,9 +216,11 @@ def test_a_disabled_stage_tries_to_start_once_per_interval_and_then_runs() -> No
     stage = disabled_stage(start)
     steps = [Outcome.HIT, Outcome.MISS]
 
-    ctx = at(59_999)  # before the first attempt: skipped, not started
+    ctx = at(0)  # the first batch: skipped; the first attempt is one interval later
     assert [i.event["n"] for i in stage.process(batch(steps), ctx)] == [0, 1]
     assert start.calls == 0 and ctx.counters == {("geo", "skipped"): 2}
+    stage.process(batch(steps), at(59_999))
+    assert start.calls == 0
 
     stage.process(batch(steps), at(60_000))  # same reason: still disabled
     assert start.calls == 1 and stage.status() == "disabled: no database"
