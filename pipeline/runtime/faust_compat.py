@@ -46,7 +46,7 @@ fails if the upstream methods this relies on change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from time import monotonic
 from typing import (
     Any,
@@ -54,6 +54,11 @@ from typing import (
     cast,
 )
 
+import aiokafka.consumer.fetcher as aiokafka_fetcher
+from aiokafka.errors import CorruptRecordException
+from aiokafka.record.default_records import _DefaultRecordBatchPy, _DefaultRecordPy
+from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.record.util import decode_varint
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -123,6 +128,7 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:
+        install_lenient_record_reading()  # a header name that is not UTF-8 (see the class)
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it creates its Fetcher (checked by a test).
         batch_consumer = cast(BatchConsumer, self.consumer)
@@ -762,3 +768,122 @@ class BatchTransport(faust_aiokafka.Transport):
 
 def batch_consumer(app: Any) -> BatchConsumer:
     return cast(BatchConsumer, app.consumer)
+
+
+# ---------------------------------------------------------------- header names that are not UTF-8
+
+
+class LenientMemoryRecords(_MemoryRecordsPy):
+    """aiokafka's ``MemoryRecords`` (the record batches of one fetched partition), except that a
+    record header *name* that is not valid UTF-8 is read with U+FFFD for the bad bytes.
+
+    Why: Kafka's protocol says header names are UTF-8, but the broker does not check, and
+    clients whose header names are bytes (librdkafka's C API, Go's sarama and franz-go) can send
+    anything. aiokafka decodes them strictly while unpacking a fetched batch, so one such record
+    made every fetch of its partition raise ``UnicodeDecodeError``: the worker retried, stopped,
+    and a restarted one failed the same way, with no record of the partition processed
+    (``tests/integration/test_hostile.py::test_poison_non_utf8_header_key``). The pipeline
+    never reads header names, so the record is processed as any other.
+
+    Cost: aiokafka's own C batches are read as they are; a batch only goes through the
+    pure-Python reader below, from its first unread record on, once the C reader has raised.
+    Installed by ``install_lenient_record_reading`` when the worker's consumer is created.
+    """
+
+    def next_batch(self, *args: Any) -> Any:
+        data = self._next_slice
+        batch = super().next_batch(*args)
+        if data is not None and data[self.MAGIC_OFFSET] >= 2:  # v2 batches carry headers
+            return _HeaderTolerantBatch(batch, data)
+        return batch
+
+
+class _HeaderTolerantBatch:
+    """One v2 record batch: aiokafka's (C) batch, read again leniently if a header name is not
+    UTF-8. Everything else (offsets, flags, ``validate_crc``, ``next()`` of control batches)
+    is the C batch's."""
+
+    __slots__ = ("_batch", "_data")
+
+    def __init__(self, batch: Any, data: memoryview) -> None:
+        self._batch = batch
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._batch, name)
+
+    def __next__(self) -> Any:
+        return next(self._batch)
+
+    def __iter__(self) -> Iterator[Any]:
+        read = 0
+        try:
+            for read, record in enumerate(self._batch, 1):  # read: counted for the except
+                yield record
+        except UnicodeDecodeError:
+            lenient = iter(_LenientRecordBatch(self._data))
+            for _ in range(read):  # the records already handed out
+                next(lenient)
+            yield from lenient
+
+
+class _LenientRecordBatch(_DefaultRecordBatchPy):
+    """aiokafka's pure-Python record batch with one change in ``_read_msg`` (copied from
+    aiokafka 0.14's, checked by ``tests/runtime/test_faust_compat.py``): header names are
+    decoded with ``errors="replace"``."""
+
+    def _read_msg(
+        self, decode_varint: Callable[[bytearray, int], tuple[int, int]] = decode_varint
+    ) -> Any:
+        buffer = self._buffer
+        pos = self._pos
+        length, pos = decode_varint(buffer, pos)
+        start_pos = pos
+        _, pos = decode_varint(buffer, pos)  # attributes: unused
+        ts_delta, pos = decode_varint(buffer, pos)
+        if self.timestamp_type == self.LOG_APPEND_TIME:
+            timestamp = self.max_timestamp
+        else:
+            timestamp = self.first_timestamp + ts_delta
+        offset_delta, pos = decode_varint(buffer, pos)
+        offset = self.base_offset + offset_delta
+        key_len, pos = decode_varint(buffer, pos)
+        key = None
+        if key_len >= 0:
+            key = bytes(buffer[pos : pos + key_len])
+            pos += key_len
+        value_len, pos = decode_varint(buffer, pos)
+        value = None
+        if value_len >= 0:
+            value = bytes(buffer[pos : pos + value_len])
+            pos += value_len
+        header_count, pos = decode_varint(buffer, pos)
+        if header_count < 0:
+            raise CorruptRecordException(f"Found invalid number of record headers {header_count}")
+        headers: list[tuple[str, bytes | None]] = []
+        while header_count:
+            h_key_len, pos = decode_varint(buffer, pos)
+            if h_key_len < 0:
+                raise CorruptRecordException(f"Invalid negative header key size {h_key_len}")
+            h_key = buffer[pos : pos + h_key_len].decode("utf-8", "replace")  # the one change
+            pos += h_key_len
+            h_value_len, pos = decode_varint(buffer, pos)
+            h_value = None
+            if h_value_len >= 0:
+                h_value = bytes(buffer[pos : pos + h_value_len])
+                pos += h_value_len
+            headers.append((h_key, h_value))
+            header_count -= 1
+        if pos - start_pos != length:
+            raise CorruptRecordException(
+                f"Invalid record size: expected to read {length} bytes in record "
+                f"payload, but instead read {pos - start_pos}"
+            )
+        self._pos = pos
+        return _DefaultRecordPy(offset, timestamp, self.timestamp_type, key, value, headers)
+
+
+def install_lenient_record_reading() -> None:
+    """Make aiokafka's fetcher read record batches with ``LenientMemoryRecords`` (for every
+    consumer of the process: the fetcher module names the class it uses). Idempotent."""
+    aiokafka_fetcher.MemoryRecords = LenientMemoryRecords
