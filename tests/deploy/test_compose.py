@@ -221,6 +221,19 @@ def test_promtool_checks_the_compose_prometheus_config(services: dict[str, Any])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_prometheus_sends_its_alerts_to_the_alertmanager_service(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    config = yaml.safe_load(mount_source(prometheus, "/etc/prometheus/prometheus.yml").read_text())
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    (static,) = alertmanagers["static_configs"]
+    (target,) = static["targets"]
+    host, port = target.split(":")
+    alertmanager = services[host]
+    assert f"{port}:{port}" in alertmanager["ports"]
+    shipped = DEPLOY / "alertmanager" / "alertmanager.yml"
+    assert mount_source(alertmanager, "/etc/alertmanager/alertmanager.yml") == shipped
+
+
 def test_grafana_gets_the_data_source_and_the_dashboard(services: dict[str, Any]) -> None:
     grafana = services["grafana"]
     provisioning = mount_source(grafana, "/etc/grafana/provisioning")
