@@ -18,8 +18,9 @@ from pipeline.errors import PipelineError, TopologyError
 def _cmd_check(args: argparse.Namespace) -> int:
     from pipeline.topology import check_topologies
 
-    problems: list[object] = list(check_topologies(args.topology))
-    bad_files = {p.file for p in problems}  # type: ignore[attr-defined]
+    problems = check_topologies(args.topology)
+    bad_files = {p.file for p in problems}
+    failures = len(problems)
     for problem in problems:
         print(problem, file=sys.stderr)
     for path in args.topology:
@@ -36,13 +37,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"{path}: {problem}", file=sys.stderr)
         if cannot_start:
             bad_files.add(str(path))
-            problems.extend(cannot_start)
+            failures += len(cannot_start)
             continue
         print(f"{path}: ok")
         for stage_id, status in statuses.items():
             print(f"  {stage_id}: {status}")
-    if problems:
-        print(f"{len(problems)} problem(s) in {len(bad_files)} file(s)", file=sys.stderr)
+    if failures:
+        print(f"{failures} problem(s) in {len(bad_files)} file(s)", file=sys.stderr)
         return 1
     return 0
 

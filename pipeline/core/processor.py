@@ -34,6 +34,21 @@ def _restore(ctx: BatchContext, snapshot: _Snapshot) -> None:
     ctx.dead_letters, ctx.counters = Counter(snapshot[0]), Counter(snapshot[1])
 
 
+def _build_stage(spec: Any, topology: Topology) -> Any:
+    return stage_type(spec.type).build(spec.id, topology.stage_configs[spec.id], topology)
+
+
+def _status(stage: Any) -> str:
+    """``enabled`` / ``disabled: why`` (stages that cannot be disabled have no ``status``)."""
+    return stage.status() if hasattr(stage, "status") else "enabled"
+
+
+def _close(stage: Any) -> None:
+    close = getattr(stage, "close", None)
+    if close is not None:
+        close()
+
+
 def start_each_stage(topology: Topology) -> tuple[dict[str, str], list[str]]:
     """Build every stage as a worker does (databases opened, secrets read), each on its own,
     then close it: (stage id → ``enabled`` / ``disabled: why``, the stages that cannot start
@@ -42,17 +57,15 @@ def start_each_stage(topology: Topology) -> tuple[dict[str, str], list[str]]:
     problems: list[str] = []
     for spec in topology.spec.stages:
         try:
-            stage = stage_type(spec.type).build(spec.id, topology.stage_configs[spec.id], topology)
+            stage = _build_stage(spec, topology)
         except PipelineError as exc:  # EnricherUnavailable names the stage and the enricher
             problems.append(str(exc))
             continue
         except Exception as exc:  # noqa: BLE001 - a bug in a stage's start-up is reported too
             problems.append(f"stage {spec.id!r} cannot start: {type(exc).__name__}: {exc}")
             continue
-        statuses[spec.id] = stage.status() if hasattr(stage, "status") else "enabled"
-        close = getattr(stage, "close", None)
-        if close is not None:
-            close()
+        statuses[spec.id] = _status(stage)
+        _close(stage)
     return statuses, problems
 
 
@@ -76,10 +89,7 @@ class Processor:
             topology_version=topology.version,
             max_payload_bytes=spec.dead_letter.max_payload_bytes,
         )
-        stages = [
-            stage_type(s.type).build(s.id, topology.stage_configs[s.id], topology)
-            for s in spec.stages
-        ]
+        stages = [_build_stage(s, topology) for s in spec.stages]
         self.source = stages[0]
         self.middle = stages[1:-1]
         self.sink = stages[-1]
@@ -88,16 +98,11 @@ class Processor:
     def close(self) -> None:
         """Release what stages hold (database readers, caches)."""
         for stage in (self.source, *self.middle, self.sink):
-            close = getattr(stage, "close", None)
-            if close is not None:
-                close()
+            _close(stage)
 
     def statuses(self) -> dict[str, str]:
         """Stage id → ``enabled`` / ``disabled: why``, for start-up logs and metrics."""
-        return {
-            stage.id: stage.status() if hasattr(stage, "status") else "enabled"
-            for stage in (self.source, *self.middle, self.sink)
-        }
+        return {stage.id: _status(stage) for stage in (self.source, *self.middle, self.sink)}
 
     def new_context(self) -> BatchContext:
         return BatchContext(now_ms=int(self._clock() * 1000), dead_letter=self._dead_letter)

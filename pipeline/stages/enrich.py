@@ -12,8 +12,8 @@ An enricher never kills the worker: an exception on one event is handled by ``on
 
 An optional stage that could not start skips every event (``disabled: <why>`` in its status,
 ``pipeline_enricher_enabled 0``) and is built again by the first batch ``retry_interval`` after
-its first batch, then after each attempt, so a database that appears later (an init container or ``geoipupdate``
-finishing after the worker started) is picked up without a restart. The attempt runs on the
+its first batch, then after each attempt, so a database that appears later (an init container
+or ``geoipupdate`` finishing after the worker started) is picked up without a restart. The attempt runs on the
 batch path, on the batch clock (no thread): it costs what starting the enricher costs, once per
 interval, and only while the stage is disabled.
 """
@@ -212,11 +212,11 @@ class EnrichStage:
         if now_ms < self._next_start_ms:
             return
         assert self._start is not None
+        self._next_start_ms = now_ms + self._retry_ms  # the next attempt, should this one fail
         was = self.enricher.status()
         try:
             enricher = self._start()
         except EnricherUnavailable as exc:
-            self._next_start_ms = now_ms + self._retry_ms
             if f"disabled: {exc}" == was:
                 log.debug(
                     "enricher %s (stage %s) still cannot start: %s",
@@ -230,7 +230,6 @@ class EnrichStage:
             self.enricher = DisabledEnricher(str(exc))
             return
         except Exception:  # a bug in its start-up must not stop the stream
-            self._next_start_ms = now_ms + self._retry_ms
             log.exception(
                 "enricher %s (stage %s) failed to start; it stays disabled",
                 self.enricher_name, self.id,

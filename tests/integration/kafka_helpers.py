@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -258,3 +259,19 @@ class WorkerProcess:
 
 def parse(value: bytes) -> dict:
     return orjson.loads(value)
+
+
+class RawHeaderName(str):
+    """A header name written as arbitrary bytes by clients that call ``.encode("utf-8")`` on it
+    (kafka-python, aiokafka's record builder).
+
+    Kafka's protocol says header names are UTF-8, but the broker does not check, and clients
+    whose header names are bytes (librdkafka's C API, Go's sarama and franz-go) send anything."""
+
+    def __new__(cls, raw: bytes) -> Self:
+        text = super().__new__(cls, raw.decode("latin-1"))
+        text.raw = raw  # type: ignore[attr-defined]
+        return text
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        return self.raw  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 import orjson
@@ -37,6 +37,7 @@ from pipeline.core.reasons import Reason
 from pipeline.traffic import TrafficProfile, generate
 from tests.integration.kafka_helpers import (
     BOOTSTRAP,
+    RawHeaderName,
     WorkerProcess,
     consume_all,
     make_topology,
@@ -495,21 +496,6 @@ def _assert_all_delivered(run: PoisonRun) -> None:
     check_outputs_match_inputs(run.topology)
 
 
-class _RawHeaderKey(str):
-    """A header name kafka-python writes as arbitrary bytes (it calls ``.encode("utf-8")``).
-
-    Kafka's protocol says header names are UTF-8, but the broker does not check, and clients
-    whose header names are bytes (librdkafka's C API, Go's sarama and franz-go) send anything."""
-
-    def __new__(cls, raw: bytes) -> Self:
-        text = super().__new__(cls, raw.decode("latin-1"))
-        text.raw = raw  # type: ignore[attr-defined]
-        return text
-
-    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
-        return self.raw  # type: ignore[attr-defined]
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # kafka-python's importlib.resources use
 def test_poison_non_utf8_header_key(kafka_broker: str, tmp_path: Path) -> None:
     # aiokafka decodes header names strictly while unpacking a fetched batch, so such a record
@@ -517,7 +503,7 @@ def test_poison_non_utf8_header_key(kafka_broker: str, tmp_path: Path) -> None:
     # on restart (nothing processed past the last delivered batch). faust_compat's
     # LenientMemoryRecords reads the name with U+FFFD instead: an invalid event is dead-lettered
     # and a valid one routed, like any other.
-    bad_name = [(_RawHeaderKey(b"\xff\xfe-trace"), b"x")]
+    bad_name = [(RawHeaderName(b"\xff\xfe-trace"), b"x")]
     valid = _event(int(time.time() * 1000), event_id="header-1", user_id="u-header")
     poison = [(b"u-header", b"not json", bad_name), (b"u-header", valid, bad_name)]
     run = _run_poison(tmp_path, poison, produce_with_kafka_python=True)

@@ -11,7 +11,7 @@ import hashlib
 from types import SimpleNamespace
 import inspect
 from importlib.metadata import version
-from typing import Any, Self
+from typing import Any
 
 import faust
 import faust.transport.drivers.aiokafka
@@ -24,6 +24,7 @@ from faust.types import TP
 
 from pipeline.runtime.faust_compat import FAUST_VERSION_TESTED, BatchConsumer, BatchTransport
 from pipeline.runtime.app import Delivered
+from tests.integration.kafka_helpers import RawHeaderName
 
 # sha256 (first 16 hex digits) of the upstream source each assumption was checked against.
 UPSTREAM_DIGESTS = {
@@ -718,18 +719,6 @@ def test_batch_partitions_are_not_fetched_until_the_seek(consumer: BatchConsumer
 # ---------------------------------------------------------------- header names that are not UTF-8
 
 
-class _RawName(str):
-    """A header name aiokafka's builder writes as arbitrary bytes (it calls ``.encode``)."""
-
-    def __new__(cls, raw: bytes) -> Self:
-        text = super().__new__(cls, raw.decode("latin-1"))
-        text.raw = raw  # type: ignore[attr-defined]
-        return text
-
-    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
-        return self.raw  # type: ignore[attr-defined]
-
-
 def _batch(base: int, names: list[Any], codec: int) -> bytes:
     from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
@@ -760,7 +749,7 @@ def test_a_header_name_that_is_not_utf8_is_read_leniently(codec: int) -> None:
 
     from pipeline.runtime.faust_compat import LenientMemoryRecords
 
-    bad = _RawName(b"\xff\xfe-trace")
+    bad = RawHeaderName(b"\xff\xfe-trace")
     fetched = _batch(0, [None, "trace", bad, None], codec) + _batch(4, ["ok", None], codec)
 
     # aiokafka's own reader (the C one) gives up on the whole fetch: the reason for the class.
