@@ -264,14 +264,21 @@ class TopologyAgent:
         offsets (none when every delivered batch is settled). If they fail, its state is
         staged again when its records are read again, and this raises."""
         async with self._delivery_lock:
-            unsettled, self._unsettled = self._unsettled, None
+            unsettled = self._unsettled
             if unsettled is None:
                 return {}
             try:
                 await self.output.send_batch(())
             except Exception:
+                self._unsettled = None
                 self._unstage(unsettled.state)
                 raise
+            # Taken only now: a settle cancelled while it waits (the fetch loop is cancelled
+            # on shutdown, often right here) leaves the batch unsettled for the next settle
+            # (``wait_empty``'s) to acknowledge and commit. Taken before the wait, it was lost:
+            # its offsets were never committed and a restarted worker processed it again
+            # (seen in CI: an invalid event dead-lettered twice).
+            self._unsettled = None
             self._apply(unsettled.state)
             return dict(unsettled.offsets)
 

@@ -24,7 +24,8 @@ the offsets it made safe, and ``_settle_state`` waits for the last batch's state
 before a commit, a seek or a discard, and while no record comes. Faust's commit machinery then commits it (``_new_offset`` below). The
 delivery in flight is shielded from the fetcher's cancellation and awaited by ``wait_empty()``, so
 a rebalance or SIGTERM finishes, delivers and commits the batch in hand before letting go of the
-partitions.
+partitions. The fetch loop itself is cancelled on shutdown wherever it waits; a wait for the last
+batch's state cut short that way leaves the batch to ``wait_empty()``'s settle, never forgotten.
 
 Failures: a batch whose stages or delivery fail never becomes committable. It is discarded
 (its staged state forgotten) and its records, those of the batch prepared behind it and those
@@ -178,6 +179,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # batch is sent between a seek's commit and the seek itself.
         self._handover_lock = asyncio.Lock()
         self._last_idle_tick = 0.0
+        self._last_commit_report = ""
         self._last_marker_check = 0.0
         self._failure: BaseException | None = None
         """The last batch failure, not yet waited out by the fetch loop."""
@@ -353,6 +355,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
         await self.maybe_wait_for_commit_to_finish()
         await super().wait_empty()
         await self._commit_deliveries()
+        # Where the next owner of each partition starts: the first place to look when records
+        # are missed or processed twice around a restart or a rebalance.
+        committed = self._committed_offset
+        positions = ", ".join(
+            f"{tp.topic}[{tp.partition}]={committed[tp]}"
+            for tp in sorted(self._batch_assignment()) if committed.get(tp) is not None
+        )
+        left = self._uncommitted_deliveries()
+        report = f"{positions or 'none yet'}{f'; delivered but NOT committed: {left}' if left else ''}"
+        if report != self._last_commit_report:  # Faust waits twice on shutdown
+            self._last_commit_report = report
+            self.log.info("Committed offsets: %s", report)
 
     async def _settle_inflight(self) -> None:
         """Wait for the batch in flight and its state; a failure stays for the drain loop to

@@ -194,7 +194,22 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(kafka_broker: str, tmp_pa
         os.environ.pop("PIPELINE_BATCH_MAX_EVENTS", None)
         first.kill()
     # A graceful stop finishes, delivers and commits the batch in hand: no loss, no duplicate.
-    check_outputs_match_inputs(topology)
+    stop_report = [line for line in first.log().splitlines() if "Committed offsets" in line]
+    assert stop_report and "NOT committed" not in stop_report[-1], stop_report
+    try:
+        check_outputs_match_inputs(topology)
+    except AssertionError as exc:
+        # Records processed twice: where the first worker said it committed, against the
+        # source positions dead-lettered more than once.
+        dead = Counter(
+            (record["source"]["partition"], record["source"]["offset"])
+            for record in (orjson.loads(r.value) for r in consume_all([topology.dead_letter]))
+        )
+        twice = sorted(position for position, n in dead.items() if n > 1)
+        raise AssertionError(
+            f"{exc}\nfirst worker on stop: {stop_report}\n"
+            f"dead-lettered twice (partition, offset): {twice[:20]} ({len(twice)} in all)"
+        ) from exc
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])

@@ -192,6 +192,37 @@ def test_a_failed_wait_undoes_the_unacknowledged_state(failing: str) -> None:
     asyncio.run(scenario())
 
 
+def test_a_settle_cancelled_while_it_waits_leaves_the_batch_for_the_next_settle() -> None:
+    """Shutdown cancels the fetch loop, often while it settles the last batch's state; the
+    batch must still be settled (and its offsets committed) by ``wait_empty``'s settle."""
+
+    async def scenario() -> None:
+        output = _Output()
+        agent, store = _agent(output)
+        await agent.deliver(_prepared(["o1"], ["k1"], store), {"tp": 10})
+        acknowledged = asyncio.Event()
+        real_send = output.send_batch
+
+        async def slow_send(outputs: Any, **kwargs: Any) -> None:
+            await acknowledged.wait()
+            await real_send(outputs, **kwargs)
+
+        output.send_batch = slow_send  # type: ignore[method-assign]
+        waiting = asyncio.ensure_future(agent.settle())
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert agent.unsettled_offsets() == {"tp": 10}, "still to be settled"
+        assert store.applied == [] and store.unstaged == []
+
+        acknowledged.set()
+        assert await agent.settle() == {"tp": 10}
+        assert store.applied == ["k1"] and agent.unsettled_offsets() == {}
+
+    asyncio.run(scenario())
+
+
 def test_exactly_once_commits_each_batch_with_its_state() -> None:
     async def scenario() -> None:
         output = _Output(transactional=True)

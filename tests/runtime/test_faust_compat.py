@@ -23,7 +23,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 from pipeline.runtime.faust_compat import FAUST_VERSION_TESTED, BatchConsumer, BatchTransport
-from pipeline.runtime.app import Delivered
+from pipeline.runtime.app import Delivered, PreparedBatch, TopologyAgent
 from tests.integration.kafka_helpers import RawHeaderName
 
 # sha256 (first 16 hex digits) of the upstream source each assumption was checked against.
@@ -541,6 +541,70 @@ def test_a_revocation_commits_deliveries_before_faust_forgets_them(consumer: Bat
     asyncio.run(scenario())
     assert commits == [{tp: 9}]
     assert seen_by_faust == [{tp: None}]
+
+
+class _AckOnRelease:
+    """The output producer's batch protocol: every wait for acknowledgements blocks until the
+    broker answers (``answered``)."""
+
+    transactional = False
+
+    def __init__(self) -> None:
+        self.answered = asyncio.Event()
+
+    async def send_batch(self, outputs: Any, **_: Any) -> None:
+        await self.answered.wait()
+
+
+class _Changelog:
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    def produce_staged(self, staged: list[str]) -> None:
+        pass
+
+    def apply(self, staged: list[str]) -> None:
+        self.applied.extend(staged)
+
+    def unstage(self, staged: list[str]) -> None:
+        raise AssertionError("nothing failed: nothing is unstaged")
+
+    def after_delivery(self) -> None:
+        pass
+
+
+def test_a_shutdown_cancelling_the_fetch_loop_mid_settle_still_commits_the_batch(
+    consumer: BatchConsumer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen in CI: SIGTERM cancelled the idle fetch loop while it waited for the last batch's
+    changelog records; the batch was forgotten, its offsets never committed, and the restarted
+    worker dead-lettered its invalid events a second time."""
+    output = _AckOnRelease()
+    agent = TopologyAgent(processor=None, output=output)  # type: ignore[arg-type]
+    changelog = _Changelog()
+    consumer.use_batches(["raw"], agent)
+    tp = TP("raw", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    commits = _record_commits(consumer, tp)
+
+    async def scenario() -> None:
+        prepared = PreparedBatch(SimpleNamespace(outputs=[]), [(changelog, ["key"])])  # type: ignore[arg-type]
+        output.answered.set()
+        await agent.deliver(prepared, {tp: 9})  # outputs acknowledged; its state not yet
+        output.answered.clear()
+        idle_settle = asyncio.ensure_future(consumer._settle_state())  # the idle fetch loop
+        await asyncio.sleep(0.01)
+        idle_settle.cancel()  # Faust's _stop_fetcher
+        with pytest.raises(asyncio.CancelledError):
+            await idle_settle
+        output.answered.set()
+        with caplog.at_level("INFO"):
+            await consumer.wait_empty()  # Faust's _consumer_wait_empty
+
+    asyncio.run(scenario())
+    assert commits == [{tp: 9}]
+    assert changelog.applied == ["key"]
+    assert "Committed offsets: raw[0]=9" in caplog.text
 
 
 def test_idle_ticks_are_handed_over_like_batches_without_records(consumer: BatchConsumer) -> None:
