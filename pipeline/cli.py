@@ -216,6 +216,24 @@ def _cmd_topics_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from pipeline.reset import execute, format_plan, parse_target, plan_reset
+    from pipeline.topology import load_topology
+
+    topology = load_topology(args.topology)
+    target = parse_target(args.to) if args.to is not None else None
+    settings = _settings(args, group_id=args.group_id, data_dir=args.data_dir)
+    plan = plan_reset(settings, topology, target=target, state=args.state, timeout=args.timeout)
+    problems = plan.problems()
+    if args.execute and not problems:
+        execute(settings, plan, timeout=args.timeout)
+    if args.json:
+        _print_json(plan.to_json())
+    else:
+        print(format_plan(plan))
+    return 1 if problems else 0
+
+
 def _cmd_aggregates_show(args: argparse.Namespace) -> int:
     from pipeline.aggregates_cli import show
     from pipeline.topology import load_topology
@@ -393,6 +411,30 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--no-offsets", action="store_true",
                           help="skip the offsets and the group's lag")
     describe.set_defaults(func=_cmd_topics_describe)
+
+    reset = sub.add_parser(
+        "reset", help="move the worker group's source offsets; forget its state (--state)",
+        description="Where the worker group resumes on the source (--to earliest, latest, or "
+        "an ISO-8601 time: the first record at or after it), and with --state its dedupe and "
+        "aggregate state forgotten: the internal and changelog topics deleted (the next worker "
+        "creates them again, empty) and the local state directory <data dir>/<group> of this "
+        "host deleted. A dry run unless --execute; refused (exit 1) while any worker of the "
+        "group runs. Exit 2 when the broker cannot be reached or a change fails.",
+    )
+    reset.add_argument("topology", type=Path, metavar="TOPOLOGY")
+    reset.add_argument("--to", metavar="WHERE",
+                       help="earliest, latest or an ISO-8601 time (UTC unless it names a zone)")
+    reset.add_argument("--state", action="store_true",
+                       help="also delete the group's internal and changelog topics and local state")
+    reset.add_argument("--execute", action="store_true", help="apply it (default: a dry run)")
+    reset.add_argument("--broker", help="bootstrap servers (default 127.0.0.1:9092, PIPELINE_BROKER)")
+    reset.add_argument("--group-id", help="the worker's consumer group (default pipeline-<topology name>)")
+    reset.add_argument("--data-dir", type=Path,
+                       help="the workers' state directory on this host (default .local/state, PIPELINE_DATA_DIR)")
+    reset.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="seconds each request to the broker may take (default 30)")
+    reset.add_argument("--json", action="store_true", help="print JSON")
+    reset.set_defaults(func=_cmd_reset)
 
     aggregates = sub.add_parser(
         "aggregates", help="show a running worker's live aggregates",
