@@ -109,13 +109,15 @@ class ContenderFailed(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def traffic(n: int, seed: int) -> list[GeneratedRecord]:
+def traffic(n: int, seed: int, *, per_second: float = 200.0) -> list[GeneratedRecord]:
     """N generated records whose event times end two minutes before now: the pipeline's
-    validator rejects events from more than 5 min in the future or more than 30 days ago, and
-    event time advances 200 events per second by default."""
-    span_ms = int(n / 200 * 1000) + 120_000
+    validator rejects events from more than 5 min in the future or more than 30 days ago.
+    Event time advances ``per_second`` records per second: the generator's 200 for a backlog,
+    the send rate when records are sent at a pace (the windows then close as they would live)."""
+    span_ms = int(n / per_second * 1000) + 120_000
     start_ms = int(time.time() * 1000) - min(span_ms, 29 * 86_400_000)
-    return list(generate(n, TrafficProfile(seed=seed, start_ms=start_ms)))
+    profile = TrafficProfile(seed=seed, start_ms=start_ms, events_per_second_of_event_time=per_second)
+    return list(generate(n, profile))
 
 
 def distinct(records: list[GeneratedRecord]) -> int:
@@ -283,7 +285,9 @@ def half_rate_latency(running: Running, marks: Watermarks, source: str, rate: fl
                       seconds: float, settings: Settings, *, dedupes: bool, seed: int) -> dict:
     """Send at ``rate`` events/s for ``seconds``, then match outputs to send times."""
     n = max(50, int(rate * seconds))
-    records = traffic(n, seed)
+    # Event time at the pace of sending (at 200 per second, as for a backlog, the windows
+    # closed ~20x faster than the wall clock at a few thousand events/s).
+    records = traffic(n, seed, per_second=rate)
     ids = [event_id_of(r.value) for r in records]  # parsed before the clock starts
     expected = distinct(records) if dedupes else n
     # linger.ms=1: the harness's own batching counts as latency, keep it small.
