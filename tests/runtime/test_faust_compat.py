@@ -64,7 +64,8 @@ UPSTREAM_DIGESTS = {
     # Builds the worker's AIOKafkaConsumer (fetch_max_wait_ms=1500): we change that afterwards.
     (AIOKafkaConsumerThread, "_create_worker_consumer"): "c2701bfc3e6f6cad",
     # Its livelock check reads monitor.stream_inbound_time (set per event by the monitor) and
-    # tp_last_committed_at (set by the thread's _commit): the batch path sets both itself.
+    # tp_last_committed_at (set by the thread's _commit): the batch path sets both itself. It
+    # also reads tp_state.position, which asserts: BatchConsumerThread skips partitions without.
     (AIOKafkaConsumerThread, "verify_event_path"): "b983e7735f647cb3",
     (Monitor, "on_stream_event_in"): "df6d2e5f6397ce44",
     (AIOKafkaConsumerThread, "_commit"): "932852ce7a23f658",
@@ -541,6 +542,48 @@ def test_a_revocation_commits_deliveries_before_faust_forgets_them(consumer: Bat
     asyncio.run(scenario())
     assert commits == [{tp: 9}]
     assert seen_by_faust == [{tp: None}]
+
+
+def _thread_with_partition_state(consumer: BatchConsumer, state: Any) -> Any:
+    thread = consumer._thread
+    assignment = SimpleNamespace(state_value=lambda tp: state)
+    fake = SimpleNamespace(
+        _fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
+    )
+    thread._ensure_consumer = lambda: fake
+    return thread
+
+
+def test_the_livelock_check_skips_a_partition_whose_position_is_being_reset(
+    consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in CI: Faust's livelock check read the position of a partition just sought to its
+    beginning; aiokafka asserts it is set, and the AssertionError crashed the worker."""
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    async def states() -> tuple[Any, Any]:  # they need a running loop (a future each)
+        return TopicPartitionState(assignment=None), TopicPartitionState(assignment=None)
+
+    awaiting_reset, consuming = asyncio.run(states())
+    with pytest.raises(AssertionError):
+        awaiting_reset.position  # what upstream's check reads  # noqa: B018
+    checked: list[TP] = []
+    monkeypatch.setattr(AIOKafkaConsumerThread, "verify_event_path",
+                        lambda self, now, tp: checked.append(tp))
+    tp = TP("raw", 0)
+
+    _thread_with_partition_state(consumer, awaiting_reset).verify_event_path(100.0, tp)
+    assert checked == [], "nothing to check before aiokafka knows where the partition starts"
+
+    consuming.seek(42)
+    _thread_with_partition_state(consumer, consuming).verify_event_path(100.0, tp)
+    assert checked == [tp], "Faust's own check runs once it has a position"
+
+    def reset_meanwhile(self: Any, now: float, tp: TP) -> None:
+        raise AssertionError  # the consumer's thread reset it between the test and the read
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "verify_event_path", reset_meanwhile)
+    _thread_with_partition_state(consumer, consuming).verify_event_path(100.0, tp)
 
 
 class _AckOnRelease:
