@@ -38,6 +38,7 @@ from pipeline.errors import PipelineError
 from pipeline.runtime.admin import (
     changelog_topic_names,
     cluster_metadata,
+    committed_offsets,
     group_id_for,
     internal_topic_names,
     kafka_message,
@@ -209,23 +210,6 @@ def _group_members(admin: Any, group_id: str, *, timeout: float) -> tuple[str, l
     return description.state.name.lower(), members
 
 
-def _committed(admin: Any, group_id: str, *, timeout: float) -> dict[tuple[str, int], int]:
-    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
-
-    try:
-        futures = admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group_id)], request_timeout=timeout
-        )
-        result = futures[group_id].result(timeout=timeout + 5)
-    except (KafkaException, TimeoutError) as exc:
-        raise PipelineError(f"cannot read the offsets of group {group_id}: {kafka_message(exc)}") from None
-    return {
-        (tp.topic, tp.partition): tp.offset
-        for tp in result.topic_partitions or ()
-        if tp.error is None and tp.offset >= 0
-    }
-
-
 def _target_offsets(admin: Any, topic: str, partitions: list[int], target: str | int, *,
                     timeout: float) -> dict[int, int]:
     """Each partition's offset for ``target``: its low or high watermark, or the first record at
@@ -270,7 +254,7 @@ def plan_reset(
     topics = {name: t for name, t in metadata.topics.items() if not t.error}
     if source in topics:
         partitions = sorted(topics[source].partitions)
-        committed = _committed(admin, group_id, timeout=timeout)
+        committed = committed_offsets(admin, group_id, timeout=timeout)
         new: dict[int, int] = {}
         if target is not None:
             new = _target_offsets(admin, source, partitions, target, timeout=timeout)

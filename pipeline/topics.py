@@ -32,6 +32,7 @@ from pipeline.runtime.admin import (
     TopicPlan,
     changelog_topic_names,
     cluster_metadata,
+    committed_offsets,
     create_topics,
     group_id_for,
     internal_partition_problem,
@@ -522,26 +523,17 @@ def _fetch_committed(admin: Any, group_id: str, infos: list[TopicInfo], *, timeo
                      notes: list[str]) -> bool | None:
     """Fill in the group's committed offsets; whether it has any (None: could not be read).
     Only reads them (OffsetFetch): joins no group."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
-
     try:
-        futures = admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group_id)], request_timeout=timeout
-        )
-        result = futures[group_id].result(timeout=timeout + 5)
-    except (KafkaException, TimeoutError) as exc:
-        notes.append(f"cannot read the committed offsets of group {group_id}: {kafka_message(exc)}")
+        offsets = committed_offsets(admin, group_id, timeout=timeout)
+    except PipelineError as exc:
+        notes.append(str(exc))
         return None
     partitions = {(i.name, p.partition): p for i in infos for p in i.partitions}
-    any_offsets = False
-    for tp in result.topic_partitions or ():
-        if tp.error is not None or tp.offset < 0:
-            continue
-        any_offsets = True
-        partition = partitions.get((tp.topic, tp.partition))
+    for key, offset in offsets.items():
+        partition = partitions.get(key)
         if partition is not None:
-            partition.committed = tp.offset
-    return any_offsets
+            partition.committed = offset
+    return bool(offsets)
 
 
 def _start(settings: Settings, topology: Topology, timeout: float) -> tuple[Any, Any, str]:

@@ -223,6 +223,27 @@ def cluster_metadata(
         raise BrokerUnavailable(message) from None
 
 
+def committed_offsets(admin: AdminClient, group_id: str, *, timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """The group's committed offsets, (topic, partition) → offset. Only reads them (OffsetFetch):
+    joins no group. Raises ``PipelineError`` when they cannot be read."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    try:
+        futures = admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group_id)], request_timeout=timeout
+        )
+        result = futures[group_id].result(timeout=timeout + 5)
+    except (KafkaException, TimeoutError) as exc:
+        raise PipelineError(
+            f"cannot read the committed offsets of group {group_id}: {kafka_message(exc)}"
+        ) from None
+    return {
+        (tp.topic, tp.partition): tp.offset
+        for tp in result.topic_partitions or ()
+        if tp.error is None and tp.offset >= 0
+    }
+
+
 def existing_topics(
     admin: AdminClient, *, servers: str, timeout: float = 10.0, client_log: ClientLog | None = None
 ) -> dict[str, int]:
